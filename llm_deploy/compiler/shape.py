@@ -1,0 +1,654 @@
+"""Symbolic integer expressions for shapes, kept in a canonical form, and a bounds analyzer.
+
+Every expression is built through the smart constructors below, so it is always canonical:
+a sum of monomials with integer coefficients over *atoms* (symbolic variables, and floor
+division, floor modulo, min and max that could not be simplified away). Two expressions that
+are equal as polynomials are therefore equal as Python objects: `n + n == 2 * n` holds with `==`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Union
+
+IntLike = Union[int, "PrimExpr"]
+
+
+class PrimExpr:
+    """Base of symbolic integer expressions; arithmetic operators build canonical nodes."""
+
+    __slots__ = ()
+
+    def __add__(self, other: IntLike) -> PrimExpr:
+        return add(self, other)
+
+    def __radd__(self, other: IntLike) -> PrimExpr:
+        return add(other, self)
+
+    def __sub__(self, other: IntLike) -> PrimExpr:
+        return sub(self, other)
+
+    def __rsub__(self, other: IntLike) -> PrimExpr:
+        return sub(other, self)
+
+    def __mul__(self, other: IntLike) -> PrimExpr:
+        return mul(self, other)
+
+    def __rmul__(self, other: IntLike) -> PrimExpr:
+        return mul(other, self)
+
+    def __floordiv__(self, other: IntLike) -> PrimExpr:
+        return floordiv(self, other)
+
+    def __rfloordiv__(self, other: IntLike) -> PrimExpr:
+        return floordiv(other, self)
+
+    def __mod__(self, other: IntLike) -> PrimExpr:
+        return floormod(self, other)
+
+    def __rmod__(self, other: IntLike) -> PrimExpr:
+        return floormod(other, self)
+
+    def __neg__(self) -> PrimExpr:
+        return mul(self, -1)
+
+    def __str__(self) -> str:
+        return to_str(self)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class IntImm(PrimExpr):
+    value: int
+
+    def __repr__(self) -> str:
+        return str(self.value)
+
+    # A constant equals the plain int it holds (and hashes like it), so `expr == 0` reads naturally.
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, IntImm):
+            return self.value == other.value
+        if isinstance(other, int) and not isinstance(other, bool):
+            return self.value == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class SymVar(PrimExpr):
+    """A named symbolic dimension. Variables are identified by name within a function."""
+
+    name: str
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True, slots=True)
+class FloorDiv(PrimExpr):
+    a: PrimExpr
+    b: PrimExpr
+
+    def __repr__(self) -> str:
+        return to_str(self)
+
+
+@dataclass(frozen=True, slots=True)
+class FloorMod(PrimExpr):
+    a: PrimExpr
+    b: PrimExpr
+
+    def __repr__(self) -> str:
+        return to_str(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Min(PrimExpr):
+    a: PrimExpr
+    b: PrimExpr
+
+    def __repr__(self) -> str:
+        return to_str(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Max(PrimExpr):
+    a: PrimExpr
+    b: PrimExpr
+
+    def __repr__(self) -> str:
+        return to_str(self)
+
+
+# A monomial is a sorted tuple of (atom, power); the empty monomial is the constant 1.
+Monomial = tuple[tuple[PrimExpr, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Sum(PrimExpr):
+    """sum(coeff * monomial) + const, terms sorted, no zero coefficients, never a lone atom."""
+
+    terms: tuple[tuple[Monomial, int], ...]
+    const: int = 0
+
+    def __repr__(self) -> str:
+        return to_str(self)
+
+
+ATOMS = (SymVar, FloorDiv, FloorMod, Min, Max)
+
+
+# ---------------------------------------------------------------------------------------------
+# Polynomial view: every canonical expression is read as {monomial: coeff}.
+
+
+def _atom_key(atom: PrimExpr) -> tuple:
+    order = {SymVar: 0, FloorDiv: 1, FloorMod: 2, Min: 3, Max: 4}
+    return (order[type(atom)], to_str(atom))
+
+
+def _mono_key(mono: Monomial) -> tuple:
+    return (-sum(p for _, p in mono), tuple((_atom_key(a), p) for a, p in mono))
+
+
+def _poly(e: PrimExpr) -> dict[Monomial, int]:
+    if isinstance(e, IntImm):
+        return {(): e.value} if e.value else {}
+    if isinstance(e, Sum):
+        poly = dict(e.terms)
+        if e.const:
+            poly[()] = e.const
+        return poly
+    if isinstance(e, ATOMS):
+        return {((e, 1),): 1}
+    raise TypeError(f"not a symbolic integer expression: {e!r}")
+
+
+def _from_poly(poly: dict[Monomial, int]) -> PrimExpr:
+    poly = {m: c for m, c in poly.items() if c}
+    const = poly.pop((), 0)
+    if not poly:
+        return IntImm(const)
+    if const == 0 and len(poly) == 1:
+        ((mono, coeff),) = poly.items()
+        if coeff == 1 and len(mono) == 1 and mono[0][1] == 1:
+            return mono[0][0]
+    terms = tuple(sorted(poly.items(), key=lambda mc: _mono_key(mc[0])))
+    return Sum(terms, const)
+
+
+def _mono_mul(a: Monomial, b: Monomial) -> Monomial:
+    powers: dict[PrimExpr, int] = dict(a)
+    for atom, p in b:
+        powers[atom] = powers.get(atom, 0) + p
+    return tuple(sorted(powers.items(), key=lambda ap: _atom_key(ap[0])))
+
+
+def _mono_div(a: Monomial, b: Monomial) -> Monomial | None:
+    """a / b if b divides a exactly, else None."""
+    powers: dict[PrimExpr, int] = dict(a)
+    for atom, p in b:
+        if powers.get(atom, 0) < p:
+            return None
+        powers[atom] -= p
+    return tuple(sorted(((k, v) for k, v in powers.items() if v), key=lambda ap: _atom_key(ap[0])))
+
+
+# ---------------------------------------------------------------------------------------------
+# Smart constructors: the only way expressions are built, so results are always canonical.
+
+
+def const(value: IntLike) -> PrimExpr:
+    if isinstance(value, PrimExpr):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            import numpy as np
+
+            if isinstance(value, np.integer):
+                return IntImm(int(value))
+        except ImportError:  # pragma: no cover
+            pass
+        raise TypeError(f"expected an int or a symbolic expression, got {value!r}")
+    return IntImm(value)
+
+
+def var(name: str) -> SymVar:
+    return SymVar(name)
+
+
+def add(a: IntLike, b: IntLike) -> PrimExpr:
+    pa, pb = _poly(const(a)), _poly(const(b))
+    for m, c in pb.items():
+        pa[m] = pa.get(m, 0) + c
+    return _from_poly(pa)
+
+
+def sub(a: IntLike, b: IntLike) -> PrimExpr:
+    return add(a, mul(b, -1))
+
+
+def mul(a: IntLike, b: IntLike) -> PrimExpr:
+    pa, pb = _poly(const(a)), _poly(const(b))
+    out: dict[Monomial, int] = {}
+    for ma, ca in pa.items():
+        for mb, cb in pb.items():
+            m = _mono_mul(ma, mb)
+            out[m] = out.get(m, 0) + ca * cb
+    return _from_poly(out)
+
+
+def _split_divisible(poly: dict[Monomial, int], d: int) -> tuple[dict, dict]:
+    """poly = d * quotient + rest, with the terms whose coefficient d divides in the quotient."""
+    quotient, rest = {}, {}
+    for m, c in poly.items():
+        if c % d == 0:
+            quotient[m] = c // d
+        else:
+            rest[m] = c
+    return quotient, rest
+
+
+def floordiv(a: IntLike, b: IntLike) -> PrimExpr:
+    a, b = const(a), const(b)
+    if isinstance(b, IntImm):
+        d = b.value
+        if d == 0:
+            raise ZeroDivisionError(f"symbolic floor division by zero: {a} // 0")
+        if isinstance(a, IntImm):
+            return IntImm(a.value // d)
+        if d == 1:
+            return a
+        if d > 0:
+            # (d*q + r) // d == q + r // d, exact for floor division since q is an integer.
+            quotient, rest = _split_divisible(_poly(a), d)
+            if quotient:
+                return add(_from_poly(quotient), floordiv(_from_poly(rest), d))
+            # (x // c) // d == x // (c*d) for positive c, d.
+            if isinstance(a, FloorDiv) and isinstance(a.b, IntImm) and a.b.value > 0:
+                return floordiv(a.a, a.b.value * d)
+            # Constant part folds when the rest is a multiple of g: (g*x + c) // d with g | d.
+            return FloorDiv(a, b)
+        return FloorDiv(a, b)
+    # Symbolic divisor: cancel a monomial that divides every term, (m*q) // m == q for m >= 1.
+    pb = _poly(b)
+    if len(pb) == 1:
+        ((mono_b, coeff_b),) = pb.items()
+        if coeff_b == 1 and mono_b:
+            pa = _poly(a)
+            quotient = {}
+            for m, c in pa.items():
+                q = _mono_div(m, mono_b)
+                if q is None:
+                    break
+                quotient[q] = c
+            else:
+                return _from_poly(quotient)
+    if a == b:
+        return IntImm(1)
+    return FloorDiv(a, b)
+
+
+def floormod(a: IntLike, b: IntLike) -> PrimExpr:
+    a, b = const(a), const(b)
+    if isinstance(b, IntImm):
+        d = b.value
+        if d == 0:
+            raise ZeroDivisionError(f"symbolic floor modulo by zero: {a} % 0")
+        if isinstance(a, IntImm):
+            return IntImm(a.value % d)
+        if d == 1 or d == -1:
+            return IntImm(0)
+        if d > 0:
+            # (d*q + r) % d == r % d.
+            _, rest = _split_divisible(_poly(a), d)
+            rest_expr = _from_poly(rest)
+            if isinstance(rest_expr, IntImm):
+                return IntImm(rest_expr.value % d)
+            # Reduce coefficients and the constant modulo d: (5n + 7) % 4 == (n + 3) % 4.
+            reduced = {m: c % d for m, c in rest.items()}
+            return FloorMod(_from_poly(reduced), b)
+        return FloorMod(a, b)
+    if sub(a, mul(floordiv(a, b), b)) == IntImm(0):
+        return IntImm(0)
+    return FloorMod(a, b)
+
+
+def _ordered(a: PrimExpr, b: PrimExpr) -> tuple[PrimExpr, PrimExpr]:
+    return (a, b) if to_str(a) <= to_str(b) else (b, a)
+
+
+def minimum(a: IntLike, b: IntLike) -> PrimExpr:
+    a, b = const(a), const(b)
+    diff = sub(a, b)
+    if isinstance(diff, IntImm):
+        return a if diff.value <= 0 else b
+    return Min(*_ordered(a, b))
+
+
+def maximum(a: IntLike, b: IntLike) -> PrimExpr:
+    a, b = const(a), const(b)
+    diff = sub(a, b)
+    if isinstance(diff, IntImm):
+        return a if diff.value >= 0 else b
+    return Max(*_ordered(a, b))
+
+
+# ---------------------------------------------------------------------------------------------
+# Traversal: substitution, evaluation, free variables, printing.
+
+
+def substitute(e: IntLike, mapping: Mapping[str, IntLike]) -> PrimExpr:
+    """Replace variables by name and re-canonicalize."""
+    e = const(e)
+    match e:
+        case IntImm():
+            return e
+        case SymVar(name):
+            return const(mapping[name]) if name in mapping else e
+        case FloorDiv(a, b):
+            return floordiv(substitute(a, mapping), substitute(b, mapping))
+        case FloorMod(a, b):
+            return floormod(substitute(a, mapping), substitute(b, mapping))
+        case Min(a, b):
+            return minimum(substitute(a, mapping), substitute(b, mapping))
+        case Max(a, b):
+            return maximum(substitute(a, mapping), substitute(b, mapping))
+        case Sum(terms, c):
+            out: PrimExpr = IntImm(c)
+            for mono, coeff in terms:
+                t: PrimExpr = IntImm(coeff)
+                for atom, p in mono:
+                    a = substitute(atom, mapping)
+                    for _ in range(p):
+                        t = mul(t, a)
+                out = add(out, t)
+            return out
+    raise TypeError(f"not a symbolic integer expression: {e!r}")
+
+
+def evaluate(e: IntLike, values: Mapping[str, int]) -> int:
+    """The integer value of `e` given every free variable's value."""
+    result = substitute(e, values)
+    if not isinstance(result, IntImm):
+        missing = sorted(free_vars(result))
+        raise KeyError(f"cannot evaluate {e}: no value for {', '.join(missing)}")
+    return result.value
+
+
+def free_vars(e: IntLike) -> set[str]:
+    e = const(e)
+    match e:
+        case IntImm():
+            return set()
+        case SymVar(name):
+            return {name}
+        case FloorDiv(a, b) | FloorMod(a, b) | Min(a, b) | Max(a, b):
+            return free_vars(a) | free_vars(b)
+        case Sum(terms, _):
+            out: set[str] = set()
+            for mono, _ in terms:
+                for atom, _ in mono:
+                    out |= free_vars(atom)
+            return out
+    raise TypeError(f"not a symbolic integer expression: {e!r}")
+
+
+def _atom_str(e: PrimExpr, wrap: bool) -> str:
+    s = to_str(e)
+    return f"({s})" if wrap and isinstance(e, Sum) else s
+
+
+def to_str(e: IntLike) -> str:
+    """Text form, valid Python: `2 * n + m // 4`, `min(n, 16)`."""
+    e = const(e)
+    match e:
+        case IntImm(v):
+            return str(v)
+        case SymVar(name):
+            return name
+        case FloorDiv(a, b):
+            return f"{_atom_str(a, True)} // {_atom_str(b, True)}"
+        case FloorMod(a, b):
+            return f"{_atom_str(a, True)} % {_atom_str(b, True)}"
+        case Min(a, b):
+            return f"min({to_str(a)}, {to_str(b)})"
+        case Max(a, b):
+            return f"max({to_str(a)}, {to_str(b)})"
+        case Sum(terms, c):
+            parts: list[str] = []
+            for mono, coeff in terms:
+                factors = []
+                for atom, p in mono:
+                    s = to_str(atom)
+                    if isinstance(atom, (FloorDiv, FloorMod)):
+                        s = f"({s})"
+                    factors.extend([s] * p)
+                body = " * ".join(factors)
+                if coeff == 1:
+                    term = body
+                elif coeff == -1:
+                    term = f"-{body}"
+                else:
+                    term = f"{coeff} * {body}"
+                parts.append(term)
+            if c:
+                parts.append(str(c))
+            text = parts[0]
+            for p in parts[1:]:
+                text += f" - {p[1:]}" if p.startswith("-") else f" + {p}"
+            return text
+    raise TypeError(f"not a symbolic integer expression: {e!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounds analysis.
+
+INF = math.inf
+
+
+@dataclass(frozen=True)
+class Interval:
+    lo: float  # an int, or -inf
+    hi: float  # an int, or +inf
+
+    def __add__(self, o: Interval) -> Interval:
+        return Interval(self.lo + o.lo, self.hi + o.hi)
+
+    def scale(self, c: int) -> Interval:
+        a, b = _safe_mul(self.lo, c), _safe_mul(self.hi, c)
+        return Interval(min(a, b), max(a, b))
+
+    def __mul__(self, o: Interval) -> Interval:
+        products = [_safe_mul(x, y) for x in (self.lo, self.hi) for y in (o.lo, o.hi)]
+        return Interval(min(products), max(products))
+
+
+def _safe_mul(x: float, y: float) -> float:
+    if x == 0 or y == 0:
+        return 0
+    return x * y
+
+
+def _floordiv_bound(x: float, d: int) -> float:
+    return x if math.isinf(x) else x // d
+
+
+@dataclass
+class Analyzer:
+    """Knows `lo <= var <= hi` for symbolic variables and proves facts symbolically.
+
+    Proofs run on the canonical form with interval arithmetic; a fact that cannot be shown
+    is reported as not proven (never guessed by sampling values).
+    """
+
+    bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def bind(self, name: str, lo: float = -INF, hi: float = INF) -> Analyzer:
+        old_lo, old_hi = self.bounds.get(name, (-INF, INF))
+        self.bounds[name] = (max(old_lo, lo), min(old_hi, hi))
+        return self
+
+    def interval(self, e: IntLike) -> Interval:
+        e = const(e)
+        match e:
+            case IntImm(v):
+                return Interval(v, v)
+            case SymVar(name):
+                lo, hi = self.bounds.get(name, (-INF, INF))
+                return Interval(lo, hi)
+            case Sum(terms, c):
+                out = Interval(c, c)
+                for mono, coeff in terms:
+                    out = out + self._mono_interval(mono).scale(coeff)
+                return out
+            case FloorDiv(a, IntImm(d)) if d > 0:
+                ia = self.interval(a)
+                return Interval(_floordiv_bound(ia.lo, d), _floordiv_bound(ia.hi, d))
+            case FloorDiv(a, b):
+                ia, ib = self.interval(a), self.interval(b)
+                if ia.lo >= 0 and ib.lo >= 1:
+                    return Interval(0 if math.isinf(ib.hi) else _floordiv_bound(ia.lo, ib.hi), ia.hi)
+                return Interval(-INF, INF)
+            case FloorMod(a, IntImm(d)) if d > 0:
+                ia = self.interval(a)
+                if ia.lo >= 0 and ia.hi < d:
+                    return ia
+                return Interval(0, d - 1)
+            case FloorMod(a, b):
+                ib = self.interval(b)
+                if ib.lo >= 1:
+                    return Interval(0, ib.hi - 1)
+                return Interval(-INF, INF)
+            case Min(a, b):
+                ia, ib = self.interval(a), self.interval(b)
+                return Interval(min(ia.lo, ib.lo), min(ia.hi, ib.hi))
+            case Max(a, b):
+                ia, ib = self.interval(a), self.interval(b)
+                return Interval(max(ia.lo, ib.lo), max(ia.hi, ib.hi))
+        raise TypeError(f"not a symbolic integer expression: {e!r}")
+
+    def _mono_interval(self, mono: Monomial) -> Interval:
+        out = Interval(1, 1)
+        for atom, p in mono:
+            ia = self.interval(atom)
+            if p % 2 == 0 and p > 0:
+                # Even powers are non-negative whatever the sign of the base.
+                lo = 0 if ia.lo <= 0 <= ia.hi else min(abs(ia.lo), abs(ia.hi)) ** p
+                hi = max(_pow(abs(ia.lo), p), _pow(abs(ia.hi), p))
+                out = out * Interval(lo, hi)
+            else:
+                for _ in range(p):
+                    out = out * ia
+        return out
+
+    def simplify(self, e: IntLike) -> PrimExpr:
+        """Canonical form, then bound-driven rewrites: min/max decided, x // d and x % d with 0 <= x < d."""
+        e = const(e)
+        match e:
+            case IntImm() | SymVar():
+                return e
+            case Min(a, b):
+                a, b = self.simplify(a), self.simplify(b)
+                if self.can_prove_le(a, b):
+                    return a
+                if self.can_prove_le(b, a):
+                    return b
+                return minimum(a, b)
+            case Max(a, b):
+                a, b = self.simplify(a), self.simplify(b)
+                if self.can_prove_le(a, b):
+                    return b
+                if self.can_prove_le(b, a):
+                    return a
+                return maximum(a, b)
+            case FloorDiv(a, b):
+                a, b = self.simplify(a), self.simplify(b)
+                ia, ib = self.interval(a), self.interval(b)
+                if ia.lo >= 0 and ib.lo >= 1 and ia.hi < ib.lo:
+                    return IntImm(0)
+                return floordiv(a, b)
+            case FloorMod(a, b):
+                a, b = self.simplify(a), self.simplify(b)
+                ia, ib = self.interval(a), self.interval(b)
+                if ia.lo >= 0 and ib.lo >= 1 and ia.hi < ib.lo:
+                    return a
+                return floormod(a, b)
+            case Sum(terms, c):
+                out: PrimExpr = IntImm(c)
+                for mono, coeff in terms:
+                    t: PrimExpr = IntImm(coeff)
+                    for atom, p in mono:
+                        s = self.simplify(atom)
+                        for _ in range(p):
+                            t = mul(t, s)
+                    out = add(out, t)
+                return out
+        raise TypeError(f"not a symbolic integer expression: {e!r}")
+
+    def can_prove_nonneg(self, e: IntLike) -> bool:
+        e = self.simplify(e)
+        for _ in range(8):
+            if self.interval(e).lo >= 0:
+                return True
+            relaxed = _relax_floordiv(e)
+            if relaxed is None:
+                return False
+            e = relaxed
+        return False
+
+    def can_prove_equal(self, a: IntLike, b: IntLike) -> bool:
+        diff = self.simplify(sub(a, b))
+        if diff == IntImm(0):
+            return True
+        i = self.interval(diff)
+        return i.lo == 0 and i.hi == 0
+
+    def can_prove_le(self, a: IntLike, b: IntLike) -> bool:
+        return self.can_prove_nonneg(sub(b, a))
+
+    def can_prove_lt(self, a: IntLike, b: IntLike) -> bool:
+        return self.can_prove_nonneg(sub(sub(b, a), 1))
+
+    def can_prove_ge(self, a: IntLike, b: IntLike) -> bool:
+        return self.can_prove_le(b, a)
+
+    def can_prove_ne(self, a: IntLike, b: IntLike) -> bool:
+        return self.can_prove_lt(a, b) or self.can_prove_lt(b, a)
+
+    def upper_bound(self, e: IntLike) -> int | None:
+        """The least upper bound interval arithmetic finds, or None when unbounded."""
+        hi = self.interval(self.simplify(e)).hi
+        return None if math.isinf(hi) else int(hi)
+
+    def lower_bound(self, e: IntLike) -> int | None:
+        lo = self.interval(self.simplify(e)).lo
+        return None if math.isinf(lo) else int(lo)
+
+
+def _relax_floordiv(e: PrimExpr) -> PrimExpr | None:
+    """An E' with d*e >= E' that no longer holds one `x // d` term, or None when e has none.
+
+    Uses x - d + 1 <= d * (x // d) <= x for d > 0, picking the side that keeps the inequality.
+    """
+    poly = _poly(e)
+    for mono, c in poly.items():
+        if len(mono) == 1 and mono[0][1] == 1:
+            atom = mono[0][0]
+            if isinstance(atom, FloorDiv) and isinstance(atom.b, IntImm) and atom.b.value > 0:
+                d = atom.b.value
+                rest = _from_poly({m: k for m, k in poly.items() if m != mono})
+                bound = sub(atom.a, d - 1) if c > 0 else atom.a
+                return add(mul(rest, d), mul(bound, c))
+    return None
+
+
+def _pow(x: float, p: int) -> float:
+    return x**p if not math.isinf(x) else INF
+
+
+def as_prim(values: Iterable[IntLike]) -> tuple[PrimExpr, ...]:
+    return tuple(const(v) for v in values)
