@@ -9,7 +9,7 @@ are equal as polynomials are therefore equal as Python objects: `n + n == 2 * n`
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -21,41 +21,58 @@ class PrimExpr:
 
     __slots__ = ()
 
+    # Operands that are neither ints nor PrimExprs (e.g. tir values) get NotImplemented, so Python
+    # asks the other operand's reflected method.
     def __add__(self, other: IntLike) -> PrimExpr:
-        return add(self, other)
+        return add(self, other) if _is_int_like(other) else NotImplemented
 
     def __radd__(self, other: IntLike) -> PrimExpr:
-        return add(other, self)
+        return add(other, self) if _is_int_like(other) else NotImplemented
 
     def __sub__(self, other: IntLike) -> PrimExpr:
-        return sub(self, other)
+        return sub(self, other) if _is_int_like(other) else NotImplemented
 
     def __rsub__(self, other: IntLike) -> PrimExpr:
-        return sub(other, self)
+        return sub(other, self) if _is_int_like(other) else NotImplemented
 
     def __mul__(self, other: IntLike) -> PrimExpr:
-        return mul(self, other)
+        return mul(self, other) if _is_int_like(other) else NotImplemented
 
     def __rmul__(self, other: IntLike) -> PrimExpr:
-        return mul(other, self)
+        return mul(other, self) if _is_int_like(other) else NotImplemented
 
     def __floordiv__(self, other: IntLike) -> PrimExpr:
-        return floordiv(self, other)
+        return floordiv(self, other) if _is_int_like(other) else NotImplemented
 
     def __rfloordiv__(self, other: IntLike) -> PrimExpr:
-        return floordiv(other, self)
+        return floordiv(other, self) if _is_int_like(other) else NotImplemented
 
     def __mod__(self, other: IntLike) -> PrimExpr:
-        return floormod(self, other)
+        return floormod(self, other) if _is_int_like(other) else NotImplemented
 
     def __rmod__(self, other: IntLike) -> PrimExpr:
-        return floormod(other, self)
+        return floormod(other, self) if _is_int_like(other) else NotImplemented
 
     def __neg__(self) -> PrimExpr:
         return mul(self, -1)
 
     def __str__(self) -> str:
         return to_str(self)
+
+
+def _is_int_like(v: object) -> bool:
+    if isinstance(v, PrimExpr):
+        return True
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return True
+    try:
+        import numpy as np
+
+        return isinstance(v, np.integer)
+    except ImportError:  # pragma: no cover
+        return False
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -168,7 +185,7 @@ def _poly(e: PrimExpr) -> dict[Monomial, int]:
 
 
 def _from_poly(poly: dict[Monomial, int]) -> PrimExpr:
-    poly = {m: c for m, c in poly.items() if c}
+    poly = _fold_divmod({m: c for m, c in poly.items() if c})
     const = poly.pop((), 0)
     if not poly:
         return IntImm(const)
@@ -178,6 +195,50 @@ def _from_poly(poly: dict[Monomial, int]) -> PrimExpr:
             return mono[0][0]
     terms = tuple(sorted(poly.items(), key=lambda mc: _mono_key(mc[0])))
     return Sum(terms, const)
+
+
+def _lone_atom(mono: Monomial) -> PrimExpr | None:
+    return mono[0][0] if len(mono) == 1 and mono[0][1] == 1 else None
+
+
+def _const_divisor(atom: PrimExpr | None, kind: type) -> int | None:
+    if isinstance(atom, kind) and isinstance(atom.b, IntImm) and atom.b.value > 0:
+        return atom.b.value
+    return None
+
+
+def _fold_divmod(poly: dict[Monomial, int]) -> dict[Monomial, int]:
+    """Fold k*d*(x // d) + k*(y % d) into k*x where x - y is a multiple of d.
+
+    Exact: with x == y + d*q, d*(x // d) + y % d == d*(y // d) + d*q + y % d == y + d*q == x.
+    Only same-sign pairs fold, and as much as the smaller one allows, so one of the two atoms
+    always disappears and the result does not depend on the order terms were added in.
+    """
+    changed = True
+    while changed:
+        changed = False
+        for mono_m, c_m in poly.items():
+            d = _const_divisor(_lone_atom(mono_m), FloorMod)
+            if d is None:
+                continue
+            y = _poly(mono_m[0][0].a)
+            for mono_q, c_q in poly.items():
+                if _const_divisor(_lone_atom(mono_q), FloorDiv) != d or c_q % d or (c_q > 0) != (c_m > 0):
+                    continue
+                x = _poly(mono_q[0][0].a)
+                if any((x.get(k, 0) - y.get(k, 0)) % d for k in x.keys() | y.keys()):
+                    continue
+                k = min(c_q // d, c_m) if c_m > 0 else max(c_q // d, c_m)
+                poly[mono_m] -= k
+                poly[mono_q] -= k * d
+                for mono, c in x.items():
+                    poly[mono] = poly.get(mono, 0) + k * c
+                poly = {mono: c for mono, c in poly.items() if c}
+                changed = True
+                break
+            if changed:
+                break
+    return poly
 
 
 def _mono_mul(a: Monomial, b: Monomial) -> Monomial:
@@ -241,15 +302,36 @@ def mul(a: IntLike, b: IntLike) -> PrimExpr:
     return _from_poly(out)
 
 
-def _split_divisible(poly: dict[Monomial, int], d: int) -> tuple[dict, dict]:
-    """poly = d * quotient + rest, with the terms whose coefficient d divides in the quotient."""
+def _trunc_div(c: int, d: int) -> int:
+    return -(-c // d) if c < 0 else c // d
+
+
+def _split_quotient(poly: dict[Monomial, int], d: int) -> tuple[dict, dict]:
+    """poly == d * quotient + rest, with |coefficients| of rest below d and its constant in [0, d).
+
+    Coefficients are split toward zero (7n -> 4n + 3n, -7n -> -4n - 3n) so that both parts move
+    the same way as n grows, which keeps interval bounds of `quotient + rest // d` tight; the
+    constant is split by floor so that `(n - 1) // 4 + 1` and `(n + 3) // 4` meet.
+    """
     quotient, rest = {}, {}
     for m, c in poly.items():
-        if c % d == 0:
-            quotient[m] = c // d
-        else:
-            rest[m] = c
+        q = c // d if m == () else _trunc_div(c, d)
+        if q:
+            quotient[m] = q
+        if c - q * d:
+            rest[m] = c - q * d
     return quotient, rest
+
+
+def _poly_gcd(poly: dict[Monomial, int], d: int) -> int:
+    g = d
+    for c in poly.values():
+        g = math.gcd(g, c)
+    return g
+
+
+def _scaled(poly: dict[Monomial, int], num: int, den: int = 1) -> dict[Monomial, int]:
+    return {m: c * num // den for m, c in poly.items()}
 
 
 def floordiv(a: IntLike, b: IntLike) -> PrimExpr:
@@ -260,20 +342,28 @@ def floordiv(a: IntLike, b: IntLike) -> PrimExpr:
             raise ZeroDivisionError(f"symbolic floor division by zero: {a} // 0")
         if isinstance(a, IntImm):
             return IntImm(a.value // d)
+        if d < 0:
+            # a // -d == (-a) // d
+            return floordiv(mul(a, -1), -d)
         if d == 1:
             return a
-        if d > 0:
-            # (d*q + r) // d == q + r // d, exact for floor division since q is an integer.
-            quotient, rest = _split_divisible(_poly(a), d)
-            if quotient:
-                return add(_from_poly(quotient), floordiv(_from_poly(rest), d))
-            # (x // c) // d == x // (c*d) for positive c, d.
-            if isinstance(a, FloorDiv) and isinstance(a.b, IntImm) and a.b.value > 0:
-                return floordiv(a.a, a.b.value * d)
-            # Constant part folds when the rest is a multiple of g: (g*x + c) // d with g | d.
-            return FloorDiv(a, b)
-        return FloorDiv(a, b)
-    # Symbolic divisor: cancel a monomial that divides every term, (m*q) // m == q for m >= 1.
+        # (d*q + r) // d == q + r // d, exact for floor division since q is an integer.
+        quotient, rest = _split_quotient(_poly(a), d)
+        q = _from_poly(quotient)
+        # (g*r) // (g*k) == r // k
+        g = _poly_gcd(rest, d)
+        rest, d = _scaled(rest, 1, g), d // g
+        r = _from_poly(rest)
+        if isinstance(r, IntImm):
+            return add(q, r.value // d)
+        if d == 1:
+            return add(q, r)
+        # (x // c) // d == x // (c*d) for positive c, d.
+        c = _const_divisor(r, FloorDiv)
+        if c is not None:
+            return add(q, floordiv(r.a, c * d))
+        return add(q, FloorDiv(r, IntImm(d)))
+    # Symbolic divisor: cancel a monomial that divides every term, (m*q) // m == q for m != 0.
     pb = _poly(b)
     if len(pb) == 1:
         ((mono_b, coeff_b),) = pb.items()
@@ -300,41 +390,76 @@ def floormod(a: IntLike, b: IntLike) -> PrimExpr:
             raise ZeroDivisionError(f"symbolic floor modulo by zero: {a} % 0")
         if isinstance(a, IntImm):
             return IntImm(a.value % d)
-        if d == 1 or d == -1:
+        if d < 0:
+            # a % -d == -((-a) % d)
+            return mul(floormod(mul(a, -1), -d), -1)
+        if d == 1:
             return IntImm(0)
-        if d > 0:
-            # (d*q + r) % d == r % d.
-            _, rest = _split_divisible(_poly(a), d)
-            rest_expr = _from_poly(rest)
-            if isinstance(rest_expr, IntImm):
-                return IntImm(rest_expr.value % d)
-            # Reduce coefficients and the constant modulo d: (5n + 7) % 4 == (n + 3) % 4.
-            reduced = {m: c % d for m, c in rest.items()}
-            return FloorMod(_from_poly(reduced), b)
-        return FloorMod(a, b)
+        # (d*q + r) % d == r % d; coefficients and the constant reduce into [0, d):
+        # (5n + 7) % 4 == (n + 3) % 4.
+        rest = {m: c % d for m, c in _poly(a).items() if c % d}
+        # (g*r) % (g*k) == g * (r % k)
+        g = _poly_gcd(rest, d)
+        rest, d = _scaled(rest, 1, g), d // g
+        r = _from_poly(rest)
+        if isinstance(r, IntImm):
+            return IntImm(g * (r.value % d))
+        if d == 1:
+            return IntImm(0)
+        c = _const_divisor(r, FloorMod)
+        if c is not None:
+            if c <= d:
+                # 0 <= x % c < c <= d, so the outer modulo is a no-op.
+                return mul(r, g)
+            if c % d == 0:
+                # (x % (k*d)) % d == x % d
+                return mul(floormod(r.a, d), g)
+        return mul(FloorMod(r, IntImm(d)), g)
     if sub(a, mul(floordiv(a, b), b)) == IntImm(0):
         return IntImm(0)
     return FloorMod(a, b)
 
 
-def _ordered(a: PrimExpr, b: PrimExpr) -> tuple[PrimExpr, PrimExpr]:
-    return (a, b) if to_str(a) <= to_str(b) else (b, a)
+def _min_max(a: IntLike, b: IntLike, node: type, keep_first: Callable[[int], bool]) -> PrimExpr:
+    """min/max of the operands of nested nodes of the same kind, flattened into a canonical chain.
+
+    Operands are deduplicated, an operand a constant away from another is dropped (min(n, n + 1)
+    is n), and the rest sorted by text and nested to the left: min(min(a, b), c).
+    """
+    operands: list[PrimExpr] = []
+
+    def collect(e: PrimExpr) -> None:
+        if isinstance(e, node):
+            collect(e.a)
+            collect(e.b)
+        else:
+            operands.append(e)
+
+    collect(const(a))
+    collect(const(b))
+    kept: list[PrimExpr] = []
+    for x in operands:
+        for i, y in enumerate(kept):
+            diff = sub(x, y)
+            if isinstance(diff, IntImm):
+                if keep_first(diff.value):
+                    kept[i] = x
+                break
+        else:
+            kept.append(x)
+    kept.sort(key=to_str)
+    out = kept[0]
+    for x in kept[1:]:
+        out = node(out, x)
+    return out
 
 
 def minimum(a: IntLike, b: IntLike) -> PrimExpr:
-    a, b = const(a), const(b)
-    diff = sub(a, b)
-    if isinstance(diff, IntImm):
-        return a if diff.value <= 0 else b
-    return Min(*_ordered(a, b))
+    return _min_max(a, b, Min, lambda diff: diff < 0)
 
 
 def maximum(a: IntLike, b: IntLike) -> PrimExpr:
-    a, b = const(a), const(b)
-    diff = sub(a, b)
-    if isinstance(diff, IntImm):
-        return a if diff.value >= 0 else b
-    return Max(*_ordered(a, b))
+    return _min_max(a, b, Max, lambda diff: diff > 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,9 +522,12 @@ def free_vars(e: IntLike) -> set[str]:
     raise TypeError(f"not a symbolic integer expression: {e!r}")
 
 
-def _atom_str(e: PrimExpr, wrap: bool) -> str:
+def _operand_str(e: PrimExpr, divisor: bool) -> str:
+    """An operand of // or %: sums always need parentheses; a divisor that is itself // or %
+    does too, since `n // (m // 2)` and `n // m // 2` differ."""
     s = to_str(e)
-    return f"({s})" if wrap and isinstance(e, Sum) else s
+    wrap = isinstance(e, Sum) or (divisor and isinstance(e, (FloorDiv, FloorMod)))
+    return f"({s})" if wrap else s
 
 
 def to_str(e: IntLike) -> str:
@@ -411,9 +539,9 @@ def to_str(e: IntLike) -> str:
         case SymVar(name):
             return name
         case FloorDiv(a, b):
-            return f"{_atom_str(a, True)} // {_atom_str(b, True)}"
+            return f"{_operand_str(a, False)} // {_operand_str(b, True)}"
         case FloorMod(a, b):
-            return f"{_atom_str(a, True)} % {_atom_str(b, True)}"
+            return f"{_operand_str(a, False)} % {_operand_str(b, True)}"
         case Min(a, b):
             return f"min({to_str(a)}, {to_str(b)})"
         case Max(a, b):
