@@ -9,7 +9,6 @@ int64. Loops always start at 0. Buffers are row-major; their shapes may be symbo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 from llm_deploy.compiler import shape as S
 from llm_deploy.compiler.expr import Attrs, BaseFunc
@@ -78,7 +77,7 @@ class TExpr:
         return binary("ge", self, o)
 
 
-Value = Union[TExpr, PrimExpr]
+Value = TExpr | PrimExpr
 
 
 @dataclass(frozen=True, slots=True)
