@@ -1,0 +1,310 @@
+"""The virtual machine: runs a graph function lowered to a program of data (no Python code).
+
+A program is JSON: per function, its parameter names and infos and a list of instructions
+over named registers. Kernels (compiled tensor programs) and externs (library functions) are
+called by name in destination-passing style; the VM allocates their outputs. Symbolic shape
+values live in an environment that parameter checks and match_casts fill.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from llm_deploy.runtime.symbolic import Evaluator, compile_expr
+
+Regs = dict[str, Any]
+Env = dict[str, int]
+Step = Callable[[Regs, Env], None]
+
+
+class VMError(RuntimeError):
+    """A program that cannot run: unknown kernel, bad arguments, a failed shape check."""
+
+
+class MatchError(VMError, ValueError):
+    """A run-time shape check failed; the message names the value, the variable and both shapes."""
+
+
+@dataclass
+class Device:
+    """Where tensors live. The CPU device allocates numpy arrays; GPU targets subclass it."""
+
+    name: str = "cpu"
+
+    def alloc(self, shape: tuple[int, ...], dtype: str) -> Any:
+        return np.empty(shape, dtype=dtype)
+
+
+def _matcher(info: dict, what: str) -> Callable[[Any, Env], None]:
+    """Check a runtime value against serialized struct info, binding new symbolic vars."""
+    kind = info["kind"]
+    if kind == "object":
+        return lambda value, env: None
+    if kind == "tuple":
+        fields = [_matcher(f, f"{what}[{i}]") for i, f in enumerate(info["fields"])]
+
+        def match_tuple(value: Any, env: Env) -> None:
+            if not isinstance(value, (tuple, list)) or len(value) != len(fields):
+                raise MatchError(f"{what}: expected a tuple of {len(fields)}, got {type(value).__name__}")
+            for m, v in zip(fields, value):
+                m(v, env)
+
+        return match_tuple
+    if kind == "prim":
+        expr = info.get("value")
+        if expr is None:
+            return lambda value, env: None
+        return _dims_matcher([expr], what, lambda v: (int(v),), "value")
+    dims = info.get("shape") if kind == "tensor" else info.get("values")
+    ndim, dtype = info.get("ndim", -1), info.get("dtype")
+
+    def shape_of(value: Any) -> tuple[int, ...]:
+        if kind == "shape":
+            return tuple(int(v) for v in value)
+        if dtype is not None and str(value.dtype) != dtype:
+            raise MatchError(f"{what}: expected dtype {dtype}, got {value.dtype}")
+        return tuple(value.shape)
+
+    if dims is None:
+
+        def match_ndim(value: Any, env: Env) -> None:
+            s = shape_of(value)
+            if ndim != -1 and len(s) != ndim:
+                raise MatchError(f"{what}: expected rank {ndim}, got shape {s}")
+
+        return match_ndim
+    return _dims_matcher(dims, what, shape_of, "shape")
+
+
+def _dims_matcher(dims: Sequence[str | int], what: str, shape_of, noun: str) -> Callable[[Any, Env], None]:
+    evaluators = [compile_expr(d) for d in dims]
+    bare = [d if isinstance(d, str) and d.isidentifier() else None for d in dims]
+    expected = "(" + ", ".join(str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
+
+    def match(value: Any, env: Env) -> None:
+        actual = shape_of(value)
+        if len(actual) != len(dims):
+            raise MatchError(f"{what}: expected {noun} {expected}, got {actual}")
+        # First bind the bare variables that are new, then check every dim.
+        for name, a in zip(bare, actual):
+            if name is not None and name not in env:
+                env[name] = a
+        for i, (d, ev, a) in enumerate(zip(dims, evaluators, actual)):
+            want = ev(env)
+            if want != a:
+                detail = f"{d} is {want} here" if isinstance(d, str) else f"dim {i} must be {want}"
+                raise MatchError(f"{what}: expected {noun} {expected}, got {actual} ({detail})")
+
+    return match
+
+
+class VirtualMachine:
+    """Runs the functions of a program on a device with the given kernels and externs."""
+
+    def __init__(
+        self,
+        program: Mapping[str, Any],
+        kernels: Mapping[str, Callable[..., Any]],
+        externs: Mapping[str, Callable[..., Any]] | None = None,
+        constants: Mapping[str, Any] | None = None,
+        device: Device | None = None,
+    ):
+        self.program = program
+        self.kernels = kernels
+        self.externs = dict(externs or {})
+        self.constants = dict(constants or {})
+        self.device = device or Device()
+        self.stats = {"kernel_calls": 0}
+        self._functions = {name: self._compile_function(name, f) for name, f in program["functions"].items()}
+
+    def __getitem__(self, name: str) -> Callable[..., Any]:
+        try:
+            return self._functions[name]
+        except KeyError:
+            raise VMError(
+                f"the program has no function {name!r}; it has {', '.join(self._functions)}"
+            ) from None
+
+    def run(self, name: str, *args: Any) -> Any:
+        return self[name](*args)
+
+    # -- compilation of instructions into closures
+    def _compile_function(self, name: str, func: Mapping[str, Any]) -> Callable[..., Any]:
+        params: list[str] = func["params"]
+        checks = [_matcher(info, f"{name}: parameter {p}") for p, info in zip(params, func["param_infos"])]
+        body = self._compile_block(func["instrs"], name)
+        ret = func["ret"]
+
+        def call(*args: Any) -> Any:
+            if len(args) != len(params):
+                raise VMError(
+                    f"{name} takes {len(params)} argument(s) ({', '.join(params)}), got {len(args)}"
+                )
+            regs: Regs = dict(zip(params, args))
+            env: Env = {}
+            for check, a in zip(checks, args):
+                check(a, env)
+            for step in body:
+                step(regs, env)
+            return regs[ret]
+
+        return call
+
+    def _compile_block(self, instrs: Sequence[Mapping[str, Any]], fname: str) -> list[Step]:
+        return [self._compile_instr(i, fname) for i in instrs]
+
+    def _compile_instr(self, ins: Mapping[str, Any], fname: str) -> Step:
+        op = ins["op"]
+        builder = getattr(self, f"_op_{op}", None)
+        if builder is None:
+            raise VMError(f"{fname}: unknown instruction {op!r}")
+        return builder(ins, fname)
+
+    def _op_match(self, ins, fname) -> Step:
+        src, dst = ins["src"], ins["dst"]
+        check = _matcher(ins["info"], f"{fname}: match_cast {dst}")
+
+        def step(regs: Regs, env: Env) -> None:
+            check(regs[src], env)
+            regs[dst] = regs[src]
+
+        return step
+
+    def _op_alloc(self, ins, fname) -> Step:
+        dst, dtype = ins["dst"], ins["dtype"]
+        dims = [compile_expr(d) for d in ins["shape"]]
+        alloc = self.device.alloc
+
+        def step(regs: Regs, env: Env) -> None:
+            regs[dst] = alloc(tuple(d(env) for d in dims), dtype)
+
+        return step
+
+    def _op_call_tir(self, ins, fname) -> Step:
+        name = ins["kernel"]
+        if name not in self.kernels:
+            raise VMError(f"{fname}: kernel {name!r} is not in the kernel library")
+        kernel = self.kernels[name]
+        args, outs = list(ins["args"]), list(ins["outs"])
+        scalars: list[Evaluator] = [compile_expr(s) for s in ins.get("scalars", [])]
+        stats = self.stats
+
+        def step(regs: Regs, env: Env) -> None:
+            kernel(*[regs[a] for a in args], *[regs[o] for o in outs], *[s(env) for s in scalars])
+            stats["kernel_calls"] += 1
+
+        return step
+
+    def _op_call_extern(self, ins, fname) -> Step:
+        name = ins["name"]
+        args, outs = list(ins["args"]), list(ins["outs"])
+        externs = self.externs
+
+        def step(regs: Regs, env: Env) -> None:
+            try:
+                fn = externs[name]
+            except KeyError:
+                raise VMError(f"{fname}: extern function {name!r} is not registered") from None
+            fn(*[regs[a] for a in args], *[regs[o] for o in outs])
+
+        return step
+
+    def _op_call(self, ins, fname) -> Step:
+        callee, args, dst = ins["func"], list(ins["args"]), ins["dst"]
+        functions = self._functions
+
+        def step(regs: Regs, env: Env) -> None:
+            regs[dst] = functions[callee](*[regs[a] for a in args])
+
+        return step
+
+    def _op_tuple(self, ins, fname) -> Step:
+        dst, fields = ins["dst"], list(ins["fields"])
+
+        def step(regs: Regs, env: Env) -> None:
+            regs[dst] = tuple(regs[f] for f in fields)
+
+        return step
+
+    def _op_get_item(self, ins, fname) -> Step:
+        dst, src, index = ins["dst"], ins["src"], ins["index"]
+
+        def step(regs: Regs, env: Env) -> None:
+            regs[dst] = regs[src][index]
+
+        return step
+
+    def _op_copy(self, ins, fname) -> Step:
+        dst, src = ins["dst"], ins["src"]
+
+        def step(regs: Regs, env: Env) -> None:
+            regs[dst] = regs[src]
+
+        return step
+
+    def _op_shape(self, ins, fname) -> Step:
+        dst = ins["dst"]
+        values = [compile_expr(v) for v in ins["values"]]
+
+        def step(regs: Regs, env: Env) -> None:
+            regs[dst] = tuple(v(env) for v in values)
+
+        return step
+
+    def _op_prim(self, ins, fname) -> Step:
+        dst, value = ins["dst"], compile_expr(ins["value"])
+
+        def step(regs: Regs, env: Env) -> None:
+            regs[dst] = value(env)
+
+        return step
+
+    def _op_const(self, ins, fname) -> Step:
+        dst, name = ins["dst"], ins["name"]
+        if name not in self.constants:
+            raise VMError(f"{fname}: constant {name!r} is missing from the artifact")
+        value = self.constants[name]
+
+        def step(regs: Regs, env: Env) -> None:
+            regs[dst] = value
+
+        return step
+
+    def _op_string(self, ins, fname) -> Step:
+        dst, value = ins["dst"], ins["value"]
+
+        def step(regs: Regs, env: Env) -> None:
+            regs[dst] = value
+
+        return step
+
+    def _op_if(self, ins, fname) -> Step:
+        cond, dst = ins["cond"], ins["dst"]
+        then_body = self._compile_block(ins["then"], fname)
+        else_body = self._compile_block(ins["else"], fname)
+        then_ret, else_ret = ins["then_ret"], ins["else_ret"]
+
+        def step(regs: Regs, env: Env) -> None:
+            value = regs[cond]
+            taken = (
+                bool(np.asarray(value).reshape(-1)[0]) if not isinstance(value, (bool, int)) else bool(value)
+            )
+            body, ret = (then_body, then_ret) if taken else (else_body, else_ret)
+            for s in body:
+                s(regs, env)
+            regs[dst] = regs[ret]
+
+        return step
+
+    def _op_free(self, ins, fname) -> Step:
+        names = list(ins["regs"])
+
+        def step(regs: Regs, env: Env) -> None:
+            for n in names:
+                regs.pop(n, None)
+
+        return step
