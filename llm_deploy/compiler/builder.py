@@ -169,6 +169,12 @@ class BlockBuilder:
         if isinstance(output, (list, tuple)):
             output = Tuple(tuple(output))
         body = self.normalize(output)
+        for leaf in body.fields if isinstance(body, Tuple) else (body,):
+            if isinstance(leaf, DataflowVar):
+                raise BuildError(
+                    f"{frame.name}: returns dataflow var {leaf.name}, which cannot leave its block; "
+                    "bind it with emit_output"
+                )
         self._close_block()
         blocks = frame.scopes.pop()
         ret = SI.erase(info_of(body), frame.param_symbols)
@@ -267,8 +273,11 @@ class BlockBuilder:
                 return get_op(name).infer(value, infos, InferContext(self.analyzer, self.get()))
             case Call(op=GlobalVar(name)):
                 return self._infer_global_call(value, name)
-            case Call(op=Var(info=SI.FuncInfo(ret=ret))):
-                return ret
+            case Call(op=Var(info=SI.FuncInfo(params=params, ret=ret))):
+                mapping: dict[str, Any] = {}
+                for param, arg in zip(params or (), value.args):
+                    _bind_symbols(param, info_of(arg), mapping)
+                return SI.substitute(SI.erase(ret, set(mapping)), mapping)
             case If(_, then_branch, else_branch):
                 keep = self._require_frame("if").symbols
                 a = SI.erase(info_of(then_branch.body), keep)
@@ -293,7 +302,8 @@ class BlockBuilder:
         mapping: dict[str, Any] = {}
         for param, arg in zip(func.params, call.args):
             _bind_symbols(param.info, info_of(arg), mapping)
-        return SI.substitute(func.ret_info, mapping)
+        # A callee symbol no argument pins down is unknown here (the caller may use the same name).
+        return SI.substitute(SI.erase(func.ret_info, set(mapping)), mapping)
 
     # -- internals
     def _deduce(self, value: Expr, name_hint: str) -> StructInfo:

@@ -120,7 +120,8 @@ class Constant(Expr):
     data: np.ndarray
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "data", np.ascontiguousarray(self.data))
+        # np.ascontiguousarray would turn a 0-d scalar into shape (1,).
+        object.__setattr__(self, "data", np.asarray(self.data, order="C"))
 
     @property
     def info(self) -> TensorInfo:
