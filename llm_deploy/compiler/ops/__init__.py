@@ -1,6 +1,8 @@
 """Graph-level operators. Importing this package registers every op family."""
 
+from llm_deploy.compiler.ops.attention import attention, rope, rope_inv_freq
 from llm_deploy.compiler.ops.builtin import call_extern, call_tir
+from llm_deploy.compiler.ops.create import arange, causal_mask, full, ones, zeros
 from llm_deploy.compiler.ops.elementwise import (
     abs,
     add,
@@ -30,6 +32,20 @@ from llm_deploy.compiler.ops.elementwise import (
     tanh,
     where,
 )
+from llm_deploy.compiler.ops.linalg import linear, matmul
+from llm_deploy.compiler.ops.manipulate import (
+    broadcast_to,
+    concat,
+    expand_dims,
+    permute_dims,
+    reshape,
+    split,
+    squeeze,
+    strided_slice,
+    take,
+)
+from llm_deploy.compiler.ops.nn import layer_norm, rms_norm, softmax
+from llm_deploy.compiler.ops.reduce import argmax, argmin, max, mean, min, sum
 from llm_deploy.compiler.ops.registry import OPS, ShapeError, get_op, make_call
 
 __all__ = [
@@ -66,4 +82,38 @@ __all__ = [
     "subtract",
     "tanh",
     "where",
+    # layout
+    "broadcast_to",
+    "concat",
+    "expand_dims",
+    "permute_dims",
+    "reshape",
+    "split",
+    "squeeze",
+    "strided_slice",
+    "take",
+    # linear algebra
+    "linear",
+    "matmul",
+    # reductions
+    "argmax",
+    "argmin",
+    "max",
+    "mean",
+    "min",
+    "sum",
+    # nn
+    "layer_norm",
+    "rms_norm",
+    "softmax",
+    # creation
+    "arange",
+    "causal_mask",
+    "full",
+    "ones",
+    "zeros",
+    # attention
+    "attention",
+    "rope",
+    "rope_inv_freq",
 ]
