@@ -577,6 +577,10 @@ def to_str(e: IntLike) -> str:
 
 INF = math.inf
 
+# How many case splits and relaxations a proof may chain; each step removes one min, max,
+# floor division or floor modulo from the expression, so shapes need only a few.
+PROOF_DEPTH = 6
+
 
 @dataclass(frozen=True)
 class Interval:
@@ -594,6 +598,9 @@ class Interval:
         products = [_safe_mul(x, y) for x in (self.lo, self.hi) for y in (o.lo, o.hi)]
         return Interval(min(products), max(products))
 
+    def __neg__(self) -> Interval:
+        return Interval(-self.hi, -self.lo)
+
 
 def _safe_mul(x: float, y: float) -> float:
     if x == 0 or y == 0:
@@ -601,16 +608,45 @@ def _safe_mul(x: float, y: float) -> float:
     return x * y
 
 
-def _floordiv_bound(x: float, d: int) -> float:
-    return x if math.isinf(x) else x // d
+def _div_corner(x: float, y: float) -> float:
+    """x // y for y >= 1, where x and y may be infinite (the limit as they grow)."""
+    if math.isinf(x):
+        return x
+    if math.isinf(y):
+        return 0 if x >= 0 else -1
+    return x // y
+
+
+def _div_interval(ia: Interval, ib: Interval) -> Interval:
+    """Bounds of a // b. For b >= 1, a // b grows with a and moves monotonically with b for a
+    fixed a, so the extremes lie on the corners; b <= -1 reduces to it via a // b == (-a) // (-b)."""
+    if ib.lo >= 1:
+        corners = [_div_corner(x, y) for x in (ia.lo, ia.hi) for y in (ib.lo, ib.hi)]
+        return Interval(min(corners), max(corners))
+    if ib.hi <= -1:
+        return _div_interval(-ia, -ib)
+    return Interval(-INF, INF)
+
+
+def _mod_interval(ia: Interval, ib: Interval) -> Interval:
+    if ib.lo >= 1:
+        if ia.lo >= 0 and ia.hi < ib.lo:
+            return ia  # a % b == a
+        hi = ib.hi - 1
+        return Interval(0, min(hi, ia.hi) if ia.lo >= 0 else hi)
+    if ib.hi <= -1:
+        return Interval(ib.lo + 1, 0)
+    return Interval(-INF, INF)
 
 
 @dataclass
 class Analyzer:
     """Knows `lo <= var <= hi` for symbolic variables and proves facts symbolically.
 
-    Proofs run on the canonical form with interval arithmetic; a fact that cannot be shown
-    is reported as not proven (never guessed by sampling values).
+    Proofs run on the canonical form with interval arithmetic, splitting cases on min and max
+    and bounding floor division (d*(x // d) lies in [x - d + 1, x]); a fact that cannot be
+    shown is reported as not proven (never guessed by sampling values). Every `can_prove_*`
+    answer of True is a theorem for all values within the bounds.
     """
 
     bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -633,24 +669,10 @@ class Analyzer:
                 for mono, coeff in terms:
                     out = out + self._mono_interval(mono).scale(coeff)
                 return out
-            case FloorDiv(a, IntImm(d)) if d > 0:
-                ia = self.interval(a)
-                return Interval(_floordiv_bound(ia.lo, d), _floordiv_bound(ia.hi, d))
             case FloorDiv(a, b):
-                ia, ib = self.interval(a), self.interval(b)
-                if ia.lo >= 0 and ib.lo >= 1:
-                    return Interval(0 if math.isinf(ib.hi) else _floordiv_bound(ia.lo, ib.hi), ia.hi)
-                return Interval(-INF, INF)
-            case FloorMod(a, IntImm(d)) if d > 0:
-                ia = self.interval(a)
-                if ia.lo >= 0 and ia.hi < d:
-                    return ia
-                return Interval(0, d - 1)
+                return _div_interval(self.interval(a), self.interval(b))
             case FloorMod(a, b):
-                ib = self.interval(b)
-                if ib.lo >= 1:
-                    return Interval(0, ib.hi - 1)
-                return Interval(-INF, INF)
+                return _mod_interval(self.interval(a), self.interval(b))
             case Min(a, b):
                 ia, ib = self.interval(a), self.interval(b)
                 return Interval(min(ia.lo, ib.lo), min(ia.hi, ib.hi))
@@ -665,7 +687,7 @@ class Analyzer:
             ia = self.interval(atom)
             if p % 2 == 0 and p > 0:
                 # Even powers are non-negative whatever the sign of the base.
-                lo = 0 if ia.lo <= 0 <= ia.hi else min(abs(ia.lo), abs(ia.hi)) ** p
+                lo = 0 if ia.lo <= 0 <= ia.hi else _pow(min(abs(ia.lo), abs(ia.hi)), p)
                 hi = max(_pow(abs(ia.lo), p), _pow(abs(ia.hi), p))
                 out = out * Interval(lo, hi)
             else:
@@ -674,7 +696,8 @@ class Analyzer:
         return out
 
     def simplify(self, e: IntLike) -> PrimExpr:
-        """Canonical form, then bound-driven rewrites: min/max decided, x // d and x % d with 0 <= x < d."""
+        """Canonical form, then bound-driven rewrites: min/max decided, x // d and x % d folded
+        when the bounds of x leave one quotient."""
         e = const(e)
         match e:
             case IntImm() | SymVar():
@@ -693,18 +716,13 @@ class Analyzer:
                 if self.can_prove_le(b, a):
                     return a
                 return maximum(a, b)
-            case FloorDiv(a, b):
+            case FloorDiv(a, b) | FloorMod(a, b):
                 a, b = self.simplify(a), self.simplify(b)
-                ia, ib = self.interval(a), self.interval(b)
-                if ia.lo >= 0 and ib.lo >= 1 and ia.hi < ib.lo:
-                    return IntImm(0)
-                return floordiv(a, b)
-            case FloorMod(a, b):
-                a, b = self.simplify(a), self.simplify(b)
-                ia, ib = self.interval(a), self.interval(b)
-                if ia.lo >= 0 and ib.lo >= 1 and ia.hi < ib.lo:
-                    return a
-                return floormod(a, b)
+                q = self._single_quotient(a, b)
+                if isinstance(e, FloorDiv):
+                    return floordiv(a, b) if q is None else IntImm(q)
+                # a % b == a - b * (a // b)
+                return floormod(a, b) if q is None else sub(a, mul(b, q))
             case Sum(terms, c):
                 out: PrimExpr = IntImm(c)
                 for mono, coeff in terms:
@@ -717,15 +735,53 @@ class Analyzer:
                 return out
         raise TypeError(f"not a symbolic integer expression: {e!r}")
 
+    def _single_quotient(self, a: PrimExpr, b: PrimExpr) -> int | None:
+        """The value of a // b when the bounds allow only one, else None."""
+        ia, ib = self.interval(a), self.interval(b)
+        if ib.lo >= 1 and ia.lo >= 0 and ia.hi < ib.lo:
+            return 0
+        if isinstance(b, IntImm) and b.value > 0 and not (math.isinf(ia.lo) or math.isinf(ia.hi)):
+            lo, hi = int(ia.lo) // b.value, int(ia.hi) // b.value
+            if lo == hi:
+                return lo
+        return None
+
     def can_prove_nonneg(self, e: IntLike) -> bool:
+        return self._nonneg(e, PROOF_DEPTH)
+
+    def _nonneg(self, e: IntLike, depth: int) -> bool:
         e = self.simplify(e)
-        for _ in range(8):
-            if self.interval(e).lo >= 0:
-                return True
-            relaxed = _relax_floordiv(e)
-            if relaxed is None:
-                return False
-            e = relaxed
+        if self.interval(e).lo >= 0:
+            return True
+        if depth == 0:
+            return False
+        poly = _poly(e)
+        for mono, c in poly.items():
+            atom = _lone_atom(mono)
+            if atom is None:
+                continue
+            rest = _from_poly({m: k for m, k in poly.items() if m != mono})
+            # Case split: c*min(a, b) is min(c*a, c*b) for c > 0, so both cases must hold; it
+            # is max(c*a, c*b) for c < 0, so either suffices (and the other way round for max).
+            if isinstance(atom, (Min, Max)):
+                a, b = add(rest, mul(atom.a, c)), add(rest, mul(atom.b, c))
+                either = (c < 0) == isinstance(atom, Min)
+                if either:
+                    return self._nonneg(a, depth - 1) or self._nonneg(b, depth - 1)
+                return self._nonneg(a, depth - 1) and self._nonneg(b, depth - 1)
+            d = _const_divisor(atom, FloorDiv)
+            if d is not None:
+                # x - d + 1 <= d*(x // d) <= x, so d*e >= relaxed, with x // d replaced by the
+                # side that keeps the inequality. As e is an integer, d*e >= -(d - 1) already
+                # gives e > -1, that is e >= 0.
+                bound = sub(atom.a, d - 1) if c > 0 else atom.a
+                relaxed = add(mul(rest, d), mul(bound, c))
+                return self._nonneg(add(relaxed, d - 1), depth - 1)
+            d = _const_divisor(atom, FloorMod)
+            if d is not None:
+                # x % d == x - d*(x // d), exactly; the floor division is relaxed next.
+                expanded = sub(atom.a, mul(floordiv(atom.a, d), d))
+                return self._nonneg(add(rest, mul(expanded, c)), depth - 1)
         return False
 
     def can_prove_equal(self, a: IntLike, b: IntLike) -> bool:
@@ -733,7 +789,9 @@ class Analyzer:
         if diff == IntImm(0):
             return True
         i = self.interval(diff)
-        return i.lo == 0 and i.hi == 0
+        if i.lo == 0 and i.hi == 0:
+            return True
+        return self.can_prove_nonneg(diff) and self.can_prove_nonneg(mul(diff, -1))
 
     def can_prove_le(self, a: IntLike, b: IntLike) -> bool:
         return self.can_prove_nonneg(sub(b, a))
@@ -755,23 +813,6 @@ class Analyzer:
     def lower_bound(self, e: IntLike) -> int | None:
         lo = self.interval(self.simplify(e)).lo
         return None if math.isinf(lo) else int(lo)
-
-
-def _relax_floordiv(e: PrimExpr) -> PrimExpr | None:
-    """An E' with d*e >= E' that no longer holds one `x // d` term, or None when e has none.
-
-    Uses x - d + 1 <= d * (x // d) <= x for d > 0, picking the side that keeps the inequality.
-    """
-    poly = _poly(e)
-    for mono, c in poly.items():
-        if len(mono) == 1 and mono[0][1] == 1:
-            atom = mono[0][0]
-            if isinstance(atom, FloorDiv) and isinstance(atom.b, IntImm) and atom.b.value > 0:
-                d = atom.b.value
-                rest = _from_poly({m: k for m, k in poly.items() if m != mono})
-                bound = sub(atom.a, d - 1) if c > 0 else atom.a
-                return add(mul(rest, d), mul(bound, c))
-    return None
 
 
 def _pow(x: float, p: int) -> float:

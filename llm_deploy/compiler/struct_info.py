@@ -181,6 +181,8 @@ def erase(info: StructInfo, keep: set[str] | frozenset[str]) -> StructInfo:
     """Forget the dims that mention symbolic variables outside `keep` (they left their scope).
 
     The result is a base of `info`: a shape with an out-of-scope variable degrades to its rank.
+    A function signature binds the variables of its parameters itself (they are matched from the
+    arguments at each call, as in Relax), so those stay, in the parameters and in the return.
     """
     match info:
         case TensorInfo(shape, dtype, ndim) if shape is not None:
@@ -196,9 +198,10 @@ def erase(info: StructInfo, keep: set[str] | frozenset[str]) -> StructInfo:
         case TupleInfo(fields):
             return TupleInfo(tuple(erase(f, keep) for f in fields))
         case FuncInfo(params, ret, pure):
-            return FuncInfo(
-                None if params is None else tuple(erase(p, keep) for p in params), erase(ret, keep), pure
-            )
+            # Erasing a parameter would widen what the function accepts, and parameters are
+            # contravariant: the result would no longer be a base of `info`.
+            bound = set(keep).union(*(free_vars(p) for p in params or ()))
+            return FuncInfo(params, erase(ret, bound), pure)
     return info
 
 
@@ -233,11 +236,21 @@ def lca(a: StructInfo, b: StructInfo, analyzer: Analyzer | None = None) -> Struc
         case TensorInfo(), TensorInfo():
             dtype = a.dtype if a.dtype == b.dtype else None
             ndim = a.ndim if a.ndim == b.ndim else -1
-            return TensorInfo(None, dtype, ndim)
+            shape = a.shape if _known_equal(a.shape, b.shape, analyzer) else None
+            return TensorInfo(shape, dtype, ndim)
         case ShapeInfo(), ShapeInfo():
             return ShapeInfo(None, a.ndim if a.ndim == b.ndim else -1)
         case PrimInfo(), PrimInfo() if a.dtype == b.dtype:
             return PrimInfo(a.dtype)
         case TupleInfo(), TupleInfo() if len(a.fields) == len(b.fields):
             return TupleInfo(tuple(lca(x, y, analyzer) for x, y in zip(a.fields, b.fields)))
+        case FuncInfo(), FuncInfo():
+            # Parameters are contravariant, so only the same ones stay; otherwise an opaque
+            # callable (any arguments) returning what either may return.
+            params = a.params if a.params == b.params else None
+            return FuncInfo(params, lca(a.ret, b.ret, analyzer), a.pure and b.pure)
     return ObjectInfo()
+
+
+def _known_equal(a: tuple[PrimExpr, ...] | None, b: tuple[PrimExpr, ...] | None, analyzer: Analyzer) -> bool:
+    return a is not None and b is not None and _dims_equal(a, b, analyzer)
