@@ -81,6 +81,8 @@ class _FunctionFrame:
     bindings: list[Binding] = field(default_factory=list)
     in_dataflow: bool = False
     impure: bool = False
+    # The last suffix tried per hint: names are never released, so the search resumes there.
+    suffix: dict[str, int] = field(default_factory=dict)
 
 
 class BlockBuilder:
@@ -338,10 +340,12 @@ class BlockBuilder:
 
     def _fresh(self, hint: str) -> str:
         frame = self._require_frame("emit")
-        name, i = hint, 0
+        i = frame.suffix.get(hint, 0)
+        name = f"{hint}{i}" if i else hint
         while name in frame.names:
             i += 1
             name = f"{hint}{i}"
+        frame.suffix[hint] = i
         frame.names.add(name)
         return name
 

@@ -20,6 +20,7 @@ Every problem is reported with the function and the binding it was found in.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from llm_deploy.compiler import shape as S
 from llm_deploy.compiler import struct_info as SI
@@ -93,6 +94,20 @@ def _text(expr: object) -> str:
         text = type(expr).__name__
     text = " ".join(text.split())  # one line per problem
     return text if len(text) <= _TEXT_LIMIT else text[: _TEXT_LIMIT - 3] + "..."
+
+
+@dataclass(frozen=True)
+class _At:
+    """Where a problem is: a binding, printed only when there is a problem to report."""
+
+    name: str
+    value: object
+
+    def __str__(self) -> str:
+        return f"binding {self.name} ({self.name} = {_text(self.value)})"
+
+
+_Where = str | _At
 
 
 def _symbolic_defs(info: StructInfo) -> set[str]:
@@ -191,7 +206,7 @@ class _FunctionChecker:
         self.impure_at: list[str] = []
         self.analyzer = Analyzer()
 
-    def error(self, where: str, problem: str) -> None:
+    def error(self, where: _Where, problem: str) -> None:
         message = f"{self.name}: {where}: {problem}"
         if message not in self.errors:  # a binding's info and its value may show one problem twice
             self.errors.append(message)
@@ -242,7 +257,7 @@ class _FunctionChecker:
             if isinstance(p, Var):
                 self._check_symbols(_used_symbols(p.info), f"parameter {p.name!r}")
 
-    def _check_symbols(self, names: set[str], where: str, scope: set[str] | None = None) -> bool:
+    def _check_symbols(self, names: set[str], where: _Where, scope: set[str] | None = None) -> bool:
         missing = sorted(names - (self.symbols if scope is None else scope))
         if missing:
             self.error(
@@ -253,7 +268,7 @@ class _FunctionChecker:
         return not missing
 
     # -- scopes
-    def _seq(self, seq: SeqExpr, where: str) -> StructInfo | None:
+    def _seq(self, seq: SeqExpr, where: _Where) -> StructInfo | None:
         for block in seq.blocks:
             self._block(block)
         body = seq.body
@@ -281,7 +296,7 @@ class _FunctionChecker:
     def _binding(self, binding: VarBinding | MatchCast, in_dataflow: bool) -> None:
         var, value = binding.var, binding.value
         name = getattr(var, "name", "?")
-        where = f"binding {name} ({name} = {_text(value)})"
+        where = _At(name, value)
         before = len(self.errors)
         if not isinstance(binding, (VarBinding, MatchCast)):
             self.error(where, f"expected a VarBinding or MatchCast, got {type(binding).__name__}")
@@ -316,7 +331,7 @@ class _FunctionChecker:
         self.bound.add(name)
         self.visible[name] = var
 
-    def _match_cast(self, binding: MatchCast, where: str) -> None:
+    def _match_cast(self, binding: MatchCast, where: _Where) -> None:
         new = _symbolic_defs(binding.info) - self.symbols
         self.symbols |= new
         for sym in new:
@@ -330,7 +345,7 @@ class _FunctionChecker:
         if value_info is not None and not _may_match(value_info, binding.info, self.analyzer):
             self.error(where, f"a value of {value_info} can never match {binding.info}")
 
-    def _if(self, node: If, where: str, in_dataflow: bool) -> None:
+    def _if(self, node: If, where: _Where, in_dataflow: bool) -> None:
         if in_dataflow:
             self.error(where, "an If cannot appear inside a dataflow block")
         if self._operand(node.cond, where):
@@ -352,7 +367,7 @@ class _FunctionChecker:
             self.visible, self.symbols = saved
 
     # -- values
-    def _operand(self, expr: Expr, where: str) -> bool:
+    def _operand(self, expr: Expr, where: _Where) -> bool:
         """Check a normalized operand (leaf, tuple of operands, item of one); False on error."""
         match expr:
             case Var():
@@ -384,7 +399,7 @@ class _FunctionChecker:
         self.error(where, f"unexpected {type(expr).__name__} in the graph IR")
         return False
 
-    def _use(self, var: Var, where: str) -> bool:
+    def _use(self, var: Var, where: _Where) -> bool:
         name = var.name
         bound = self.visible.get(name)
         if bound is None:
@@ -403,14 +418,14 @@ class _FunctionChecker:
             return False
         return True
 
-    def _info(self, expr: Expr, where: str) -> StructInfo | None:
+    def _info(self, expr: Expr, where: _Where) -> StructInfo | None:
         try:
             return info_of(expr)
         except (IndexError, TypeError) as e:
             self.error(where, str(e))
             return None
 
-    def _call(self, call: Call, where: str, in_dataflow: bool) -> None:
+    def _call(self, call: Call, where: _Where, in_dataflow: bool) -> None:
         match call.op:
             case Op(name) if name not in OPS:
                 self.error(where, f"no operator named {name!r}")
@@ -451,9 +466,9 @@ class _FunctionChecker:
         if not self._pure(call):
             if in_dataflow:
                 self.error(where, f"impure call to {_callee(call)} inside a dataflow block")
-            self.impure_at.append(where.split(" (")[0])
+            self.impure_at.append(f"binding {where.name}" if isinstance(where, _At) else str(where))
 
-    def _attrs(self, call: Call, name: str, where: str) -> None:
+    def _attrs(self, call: Call, name: str, where: _Where) -> None:
         declared = OPS[name].attrs
         unknown = sorted(set(call.attrs.keys()) - set(declared))
         missing = sorted(k for k, d in declared.items() if d is REQUIRED and k not in call.attrs)
@@ -473,7 +488,7 @@ class _FunctionChecker:
                 return pure
         return False
 
-    def _call_tir(self, call: Call, where: str) -> None:
+    def _call_tir(self, call: Call, where: _Where) -> None:
         args = call.args
         if not 2 <= len(args) <= 3:
             self.error(where, f"call_tir takes (callee, (args...), [shape_args]), got {len(args)} operand(s)")
@@ -529,7 +544,7 @@ class _FunctionChecker:
                     f"but gets {info}",
                 )
 
-    def _call_extern(self, call: Call, where: str) -> None:
+    def _call_extern(self, call: Call, where: _Where) -> None:
         name = call.op.name  # type: ignore[attr-defined]
         args = call.args
         if len(args) != 2:
@@ -547,7 +562,7 @@ class _FunctionChecker:
             self.error(where, f"{name} needs exactly one output struct info, got {len(call.sinfo_args)}")
 
     # -- deduction, as the BlockBuilder does it
-    def _deduce(self, value: Expr, where: str) -> StructInfo | None:
+    def _deduce(self, value: Expr, where: _Where) -> StructInfo | None:
         match value:
             case Call(op=Op(name)):
                 infos = [self._arg_info(a) for a in value.args]
@@ -577,7 +592,7 @@ class _FunctionChecker:
             return func.info if isinstance(func, Function) else SI.ObjectInfo()
         return info_of(arg)
 
-    def _deduce_global_call(self, call: Call, func: Function, where: str) -> StructInfo | None:
+    def _deduce_global_call(self, call: Call, func: Function, where: _Where) -> StructInfo | None:
         name = call.op.name  # type: ignore[attr-defined]
         if len(call.args) != len(func.params):
             self.error(where, f"{name} takes {len(func.params)} argument(s), got {len(call.args)}")

@@ -90,6 +90,15 @@ def test_names_are_unique_within_a_function_and_avoid_parameters():
     check(bb.get())
 
 
+def test_fresh_names_skip_names_taken_through_other_hints():
+    x = Var("x", tensor((4,)))
+    bb = BlockBuilder()
+    with bb.function("main", [x]):
+        taken = [bb.emit(ops.exp(x), hint) for hint in ("v2", "v", "v", "v", "v1")]
+        bb.emit_func_output(taken[-1])
+    assert [v.name for v in taken] == ["v2", "v", "v1", "v3", "v11"]
+
+
 def test_functions_are_named_uniquely_in_the_module_and_identical_ones_shared():
     x = Var("x", tensor((4,)))
     bb = BlockBuilder()
