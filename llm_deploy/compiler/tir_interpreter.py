@@ -236,8 +236,9 @@ class _Gen:
                 if not (self.allow_vector and self.try_vector_nest(s, depth)):
                     self.scalar_loop(s, depth)
             case tir.Store(buffer, indices, value):
-                idx = ", ".join(self.checked_index(i, buffer, k) for k, i in enumerate(indices))
-                self.emit(depth, f"{self.buf(buffer)}[{idx}] = {self.value(value)}")
+                self.emit(
+                    depth, f"{self.buf(buffer)}[{self.subscript(buffer, indices)}] = {self.value(value)}"
+                )
             case tir.Let(var, value, body):
                 outer = self.vars.get(var.name)
                 ident = self.fresh("v_", var.name)
@@ -335,8 +336,7 @@ class _Gen:
             case tir.Imm(value, dtype):
                 return self.const_ref(value, dtype)
             case tir.Load(buffer, indices):
-                idx = ", ".join(self.checked_index(i, buffer, k) for k, i in enumerate(indices))
-                return f"{self.buf(buffer)}[{idx}]"
+                return f"{self.buf(buffer)}[{self.subscript(buffer, indices)}]"
             case tir.Binary(op, a, b):
                 text = self.binary(op, a, b)
                 da, db = tir.dtype_of(a), tir.dtype_of(b)
@@ -415,6 +415,11 @@ class _Gen:
                     parts.append(str(c))
                 return "(" + " + ".join(parts) + ")"
         raise TypeError(f"not a symbolic int expression: {e!r}")
+
+    def subscript(self, buffer: tir.Buffer, indices: tuple[PrimExpr, ...]) -> str:
+        if not indices:
+            return "()"  # a 0-d buffer
+        return ", ".join(self.checked_index(i, buffer, k) for k, i in enumerate(indices))
 
     def checked_index(self, e: PrimExpr, buffer: tir.Buffer, axis: int) -> str:
         text = self.index(e)

@@ -48,6 +48,8 @@ from llm_deploy.compiler.ops.nn import layer_norm, rms_norm, softmax
 from llm_deploy.compiler.ops.reduce import argmax, argmin, max, mean, min, sum
 from llm_deploy.compiler.ops.registry import OPS, ShapeError, get_op, make_call
 
+from llm_deploy.compiler.ops import lower_all as _lower_all  # noqa: F401, E402  isort: skip  (lowerings)
+
 __all__ = [
     "OPS",
     "ShapeError",
