@@ -1,5 +1,7 @@
 """Dispatch: per op and target, a library call (call_extern) or a tensor program (call_tir)."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,10 @@ from llm_deploy.compiler.interpreter import run
 from llm_deploy.compiler.passes.dispatch import Rule, dispatch
 from llm_deploy.compiler.passes.legalize import legalize
 from llm_deploy.compiler.shape import var
+from llm_deploy.compiler.tir_interpreter import compile_prim_func
+from llm_deploy.compiler.vm_codegen import lower_to_vm
+from llm_deploy.runtime.vm import VirtualMachine
+from tests.compiler.llama_layer import LayerConfig, build_decoder_layer, random_weights
 
 n = var("n")
 
@@ -133,3 +139,24 @@ def test_builtin_externs_match_their_ops(name, op, shapes):
     ext = dispatch(mod, [Rule(opname, extern=name)])
     args = [np.random.default_rng(k).standard_normal(s).astype("float32") for k, s in enumerate(shapes)]
     np.testing.assert_allclose(run(ext, "main", *args), run(mod, "main", *args), rtol=1e-5)
+
+
+def test_fully_lowered_module_runs_on_the_vm_with_interpreted_kernels_and_numpy_externs():
+    """The VM needs no compiler: kernels here are the tir interpreter's callables, externs the
+    registry's numpy functions; the result equals the graph-level interpreter's."""
+    cfg = LayerConfig()
+    mod = build_decoder_layer(cfg)
+    lowered = legalize(dispatch(mod, [Rule("linear", extern="numpy.linear")]))
+    program, constants = lower_to_vm(lowered)
+    kernels = {k: compile_prim_func(f, k) for k, f in lowered.items() if isinstance(f, tir.PrimFunc)}
+    externs = {k: e.fn for k, e in EXTERNS.items()}
+    vm = VirtualMachine(json.loads(json.dumps(program)), kernels, externs, constants)
+    weights = random_weights(cfg, seed=0)
+    for n_val in (1, 4):
+        x = np.random.default_rng(n_val).standard_normal((n_val, cfg.hidden_size)).astype("float32")
+        np.testing.assert_allclose(
+            vm["decoder_layer"](x, *weights.values()),
+            run(mod, "decoder_layer", x, *weights.values()),
+            rtol=1e-4,
+            atol=1e-5,
+        )

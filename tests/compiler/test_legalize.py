@@ -14,6 +14,7 @@ from llm_deploy.compiler.expr import Call, Function, GlobalVar, Op, Var
 from llm_deploy.compiler.interpreter import run
 from llm_deploy.compiler.passes.legalize import legalize
 from llm_deploy.compiler.shape import var
+from tests.compiler.llama_layer import LayerConfig, build_decoder_layer, random_weights
 
 n, m = var("n"), var("m")
 
@@ -254,3 +255,46 @@ def test_legalize_reaches_into_if_branches_and_non_dataflow_blocks():
             run(lowered, "main", xv, np.array(cv)), run(mod, "main", xv, np.array(cv)), rtol=1e-6
         )
     assert isinstance(lowered["main"], Function)
+
+
+@pytest.mark.parametrize("n_val", [1, 5, 17])
+def test_legalized_llama_decoder_layer_matches_the_graph_level_layer(n_val):
+    cfg = LayerConfig()  # hidden 64, 4 heads, 2 kv heads
+    mod = build_decoder_layer(cfg)
+    lowered = legalize(mod)
+    wellformed.check(lowered)
+    graph_ops = {b.value.op.name for b in _all_bindings(lowered) if isinstance(b.value, Call)}
+    assert graph_ops == {"call_tir"}
+    assert len([f for f in lowered.functions().values() if isinstance(f, tir.PrimFunc)]) < len(
+        _all_bindings(mod)
+    ), "repeated ops share PrimFuncs"
+    weights = random_weights(cfg, seed=0)
+    x = np.random.default_rng(n_val).standard_normal((n_val, cfg.hidden_size)).astype("float32")
+    expected = run(mod, "decoder_layer", x, *weights.values())
+    np.testing.assert_allclose(
+        run(lowered, "decoder_layer", x, *weights.values()), expected, rtol=1e-4, atol=1e-5
+    )
+
+
+def _all_bindings(mod):
+    return [b for f in mod.graph_functions().values() for blk in f.body.blocks for b in blk.bindings]
+
+
+def test_tuple_valued_vars_split_then_concat():
+    # concat's operand is a var holding split's tuple: call_tir reads its fields one by one
+    x = Var("x", SI.tensor((n, 6)))
+    bb = BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            parts = bb.emit(ops.split(x, [2, 5], axis=1), "parts")
+            out = bb.emit_output(ops.concat(parts, axis=1))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    lowered = legalize(mod)
+    wellformed.check(lowered)
+    assert [b.value.args[0] for b in _op_calls(lowered, "call_tir")] == [
+        GlobalVar("split"),
+        GlobalVar("concat"),
+    ]
+    xv = np.random.default_rng(3).standard_normal((4, 6)).astype("float32")
+    np.testing.assert_array_equal(run(lowered, "main", xv), xv)

@@ -74,12 +74,18 @@ def _lower_expand_dims(call: Call, infos: list[StructInfo], out_info: StructInfo
 
 @register_legalize("squeeze")
 def _lower_squeeze(call: Call, infos: list[StructInfo], out_info: StructInfo, ctx: InferContext):
+    x, out = known(infos[0]), known(out_info)
+    if x is None or out is None:
+        return None
+    axes = as_axes(call.attrs["axis"])
+    if axes is None:
+        dropped = {k for k, d in enumerate(x.shape) if ctx.analyzer.can_prove_equal(d, 1)}  # type: ignore[arg-type]
+    else:
+        dropped = set(normalize_axes(call, axes, x.ndim))
+    if x.ndim - len(dropped) != out.ndim:
+        return None  # deduction knew more than this analyzer does: leave the op high-level
+
     def read(X, shape, idx):
-        axes = as_axes(call.attrs["axis"])
-        if axes is None:
-            dropped = {k for k, d in enumerate(X.shape) if ctx.analyzer.can_prove_equal(d, 1)}
-        else:
-            dropped = set(normalize_axes(call, axes, X.ndim))
         rest = iter(idx)
         return X[tuple(IntImm(0) if k in dropped else next(rest) for k in range(X.ndim))]
 

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from llm_deploy.compiler import struct_info as SI
 from llm_deploy.compiler import tir
 from llm_deploy.compiler.expr import Call, Expr, Function, GlobalVar, Op, VarBinding, info_of
-from llm_deploy.compiler.functor import ExprMutator
+from llm_deploy.compiler.functor import ExprMutator, ExprVisitor
 from llm_deploy.compiler.module import IRModule
 from llm_deploy.compiler.ops import builtin
 from llm_deploy.compiler.ops.lower_common import Lowered
 from llm_deploy.compiler.ops.registry import OPS, InferContext, get_op
+from llm_deploy.compiler.shape import Analyzer
 from llm_deploy.compiler.struct_info import StructInfo
 
 # A chooser sees each op call with its operand infos and the bound var's info, and returns the
@@ -35,6 +37,7 @@ class ModuleFuncs:
         self.funcs = dict(mod.functions())
         self.attrs = dict(mod.attrs.items())
         self.existing: dict[tir.PrimFunc, str] = {}
+        self.analyzer = Analyzer()  # bounds of the symbolic vars of the function being rewritten
         for name, f in self.funcs.items():
             if isinstance(f, tir.PrimFunc):
                 self.existing.setdefault(f, name)
@@ -61,7 +64,7 @@ def lower_call(call: Call, infos: list[StructInfo], out_info: StructInfo, funcs:
     op = get_op(call.op.name)
     if op.legalize is None:
         return None
-    res: Lowered | None = op.legalize(call, infos, out_info, InferContext(module=funcs.module()))
+    res: Lowered | None = op.legalize(call, infos, out_info, InferContext(funcs.analyzer, funcs.module()))
     if res is None:
         return None
     gv = funcs.add_prim_func(res.func, res.name or op.name)
@@ -93,10 +96,28 @@ def rewrite_calls(mod: IRModule, choose: Chooser) -> IRModule:
     funcs = ModuleFuncs(mod)
     for name, f in list(funcs.funcs.items()):
         if isinstance(f, Function):
+            funcs.analyzer = function_analyzer(f)
             new = _Rewriter(choose, funcs).visit_function(f)
             if new is not f:
                 funcs.funcs[name] = new
     return funcs.module()
+
+
+def function_analyzer(func: Function) -> Analyzer:
+    """What the builder knew while deducing: every symbolic dim >= 0, and the `bounds` attr."""
+    analyzer = Analyzer()
+    infos = [p.info for p in func.params]
+
+    class _Infos(ExprVisitor):
+        def visit_var_def(self, var) -> None:
+            infos.append(var.info)
+
+    _Infos().visit_expr(func)
+    for name in set().union(*(SI.free_vars(i) for i in infos)):
+        analyzer.bind(name, 0)
+    for name, (lo, hi) in dict(func.attrs.get("bounds", {})).items():
+        analyzer.bind(name, lo, hi)
+    return analyzer
 
 
 def legalize(mod: IRModule, ops: Iterable[str] | None = None) -> IRModule:
