@@ -246,14 +246,16 @@ class BlockBuilder:
             raise BuildError("an If cannot appear inside a dataflow block")
         cond = self.normalize(cond)
         branches = []
+        # The enclosing block goes on after the If (one block, as the text form reads it back).
+        outer, frame.bindings = frame.bindings, []
         for fn in (then_fn, else_fn):
-            self._close_block()
             frame.scopes.append([])
             symbols_before = set(frame.symbols)
             result = self.normalize(fn(self))
             self._close_block()
             branches.append(SeqExpr(tuple(frame.scopes.pop()), result))
             frame.symbols = symbols_before
+        frame.bindings = outer
         return self.emit(If(cond, branches[0], branches[1]), name_hint)
 
     def normalize(self, expr: Expr) -> Expr:
