@@ -113,6 +113,22 @@ def _select(c: Any, a: Any, b: Any) -> Any:
     return a if c else b
 
 
+_FOLDS = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
+
+
+def _fold(op: str, acc: Any, values: Any, grid: tuple) -> Any:
+    """acc op v[0] op v[1] ... in row-major (serial) order; add and mul accumulate sequentially,
+    as the loop does, not pairwise."""
+    shape = np.broadcast_shapes(*(np.shape(g) for g in grid))
+    seq = np.broadcast_to(np.asarray(values), shape).ravel()
+    acc = np.asarray(acc)
+    seq = np.concatenate((acc.reshape(1), seq.astype(acc.dtype, copy=False)))
+    ufunc = _FOLDS[op]
+    if op in ("add", "mul"):
+        return ufunc.accumulate(seq)[-1]
+    return ufunc.reduce(seq)
+
+
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
@@ -136,6 +152,7 @@ _RUNTIME: dict[str, Any] = {
     "_check_shape": _check_shape,
     "_nonneg": _nonneg,
     "_store": _store,
+    "_fold": _fold,
     "_alloc": _alloc,
     "_select": _select,
     "_erf": _erf_typed,
@@ -294,17 +311,25 @@ class _Gen:
             self.extents[s.var.name] = outer_extent
 
     def try_vector_nest(self, s: tir.For, depth: int) -> bool:
-        """A perfect nest ending in one Store that does not read its own buffer: one numpy store."""
+        """A perfect nest ending in one Store, run as numpy over index grids when that gives the
+        serial result: a store that does not read its own buffer, or a fold
+        `acc[c] = acc[c] op v` (op add / mul / max / min, c the same element every iteration,
+        v not reading acc), folded in iteration order."""
         loops: list[tir.For] = []
         node: tir.Stmt = s
         while isinstance(node, tir.For):
             loops.append(node)
             node = node.body
-        if not isinstance(node, tir.Store) or _reads(node.value, node.buffer.name):
+        if not isinstance(node, tir.Store):
             return False
         loop_names = {f.var.name for f in loops}
         if any(S.free_vars(f.extent) & loop_names for f in loops):
             return False  # a triangular nest: extents depend on outer loops
+        fold = _fold_of(node, loop_names)
+        if fold is None and _reads(node.value, node.buffer.name):
+            return False
+        if fold is not None and _const_trip_count(loops) < _MIN_FOLD:
+            return False  # a short fold runs faster element by element
         saved = dict(self.vars), dict(self.extents), self.vector
         for k, f in enumerate(loops):
             ident = self.fresh("v_", f.var.name)
@@ -314,8 +339,17 @@ class _Gen:
             self.vars[f.var.name] = ident
             self.extents[f.var.name] = f.extent
         self.vector = True
-        idx = ", ".join(self.checked_index(i, node.buffer, k) for k, i in enumerate(node.indices))
-        self.emit(depth, f"_store({self.buf(node.buffer)}, ({idx},), {self.value(node.value)})")
+        buf = self.buf(node.buffer)
+        if fold is None:
+            idx = ", ".join(self.checked_index(i, node.buffer, k) for k, i in enumerate(node.indices))
+            self.emit(depth, f"_store({buf}, ({idx}{',' if idx else ''}), {self.value(node.value)})")
+        else:
+            op, value = fold
+            grid = ", ".join(self.vars[f.var.name] for f in loops)
+            self.vector = False  # the accumulator's element is a scalar index
+            target = f"{buf}[{self.subscript(node.buffer, node.indices)}]"
+            self.vector = True
+            self.emit(depth, f"{target} = _fold({op!r}, {target}, {self.value(value)}, ({grid},))")
         self.vars, self.extents, self.vector = saved
         return True
 
@@ -455,6 +489,28 @@ def _provably_nonneg(e: PrimExpr, let_vars: set[str]) -> bool:
                 for mono, coeff in terms
             )
     return False
+
+
+_MIN_FOLD = 32  # below this many iterations, numpy's per-call overhead loses to the scalar loop
+
+
+def _const_trip_count(loops: list[tir.For]) -> float:
+    count = 1.0
+    for f in loops:
+        count *= f.extent.value if isinstance(f.extent, S.IntImm) else math.inf
+    return count
+
+
+def _fold_of(store: tir.Store, loop_names: set[str]) -> tuple[str, tir.Value] | None:
+    """(op, v) when `store` is acc[c] = acc[c] op v with c free of the loops and v not reading acc."""
+    match store.value:
+        case tir.Binary(op, tir.Load(buffer, indices), v) if op in _FOLDS:
+            if buffer != store.buffer or indices != store.indices or _reads(v, buffer.name):
+                return None
+            if any(S.free_vars(i) & loop_names for i in indices):
+                return None
+            return op, v
+    return None
 
 
 def _reads(e: tir.Value, buffer_name: str) -> bool:

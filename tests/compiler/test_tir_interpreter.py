@@ -330,3 +330,35 @@ def test_dtype_of_mixed_operands_is_the_first_operands():
     out = np.empty(3, "int32")
     run(func, np.array([10, 20, 30], "int32"), out, vectorize=False)
     assert out.tolist() == [10, 21, 32]
+
+
+@pytest.mark.parametrize("op,init", [("add", 0.0), ("mul", 1.0), ("max", -np.inf), ("min", np.inf)])
+def test_fold_loops_run_as_numpy_with_the_serial_result_bit_for_bit(op, init):
+    # acc = acc op A[i, k] over a symbolic extent folds in numpy, in loop order (not pairwise)
+    A, Out = Buffer("A", (n, m)), Buffer("Out", (n,))
+    acc = Buffer("acc", (1,), "float32", "local")
+    body = For(
+        i,
+        n,
+        Allocate(
+            acc,
+            seq(
+                Store(acc, (0,), Imm(init, "float32")),
+                For(k, m, Store(acc, (0,), binary(op, acc[0], A[i, k] * 1.01))),
+                Store(Out, (i,), acc[0]),
+            ),
+        ),
+    )
+    func = PrimFunc((A, Out), body)
+    assert "_fold(" in prim_func_source(func) and "_fold(" not in prim_func_source(func, vectorize=False)
+    a = (rng.random((3, 1000)) + 0.5).astype("float32")
+    if op == "mul":
+        a = (1 + (a - 1) * 1e-3).astype("float32")
+    fast, slow = np.empty(3, "float32"), np.empty(3, "float32")
+    run(func, a, fast)
+    run(func, a, slow, vectorize=False)
+    np.testing.assert_array_equal(fast, slow)
+    empty = np.empty((2, 0), "float32")
+    out = np.empty(2, "float32")
+    run(func, empty, out)
+    assert out.tolist() == [init, init]
