@@ -14,6 +14,7 @@ from llm_deploy.compiler.interpreter import run
 from llm_deploy.compiler.passes.dispatch import Rule, dispatch
 from llm_deploy.compiler.passes.legalize import legalize
 from llm_deploy.compiler.shape import var
+from llm_deploy.compiler.testing import assert_roundtrip
 from llm_deploy.compiler.tir_interpreter import compile_prim_func
 from llm_deploy.compiler.vm_codegen import lower_to_vm
 from llm_deploy.runtime.vm import VirtualMachine
@@ -139,6 +140,36 @@ def test_builtin_externs_match_their_ops(name, op, shapes):
     ext = dispatch(mod, [Rule(opname, extern=name)])
     args = [np.random.default_rng(k).standard_normal(s).astype("float32") for k, s in enumerate(shapes)]
     np.testing.assert_allclose(run(ext, "main", *args), run(mod, "main", *args), rtol=1e-5)
+
+
+def test_partially_lowered_module_is_well_formed_round_trips_and_runs_equal():
+    """Three levels in one module: a library call, tensor programs, and ops left high-level."""
+
+    cfg = LayerConfig()
+    mod = build_decoder_layer(cfg)
+    mixed = dispatch(mod, [Rule("linear", extern="numpy.linear")])
+    mixed = legalize(mixed, ops=["rms_norm", "silu", "multiply", "add"])
+    callees = [b.value.op.name for blk in mixed["decoder_layer"].body.blocks for b in blk.bindings]
+    assert {"call_extern_pure", "call_tir", "attention", "rope", "reshape"} <= set(callees)
+    assert sorted(k for k, f in mixed.items() if isinstance(f, tir.PrimFunc)) == [
+        "add",
+        "multiply",
+        "rms_norm",
+        "silu",
+    ]
+    wellformed.check(mixed)
+    text = str(mixed)
+    assert 'call_extern_pure(extern("numpy.linear")' in text
+    assert assert_roundtrip(mixed) == mixed
+    weights = random_weights(cfg, seed=0)
+    for n_val in (1, 6):
+        x = np.random.default_rng(n_val).standard_normal((n_val, cfg.hidden_size)).astype("float32")
+        np.testing.assert_allclose(
+            run(mixed, "decoder_layer", x, *weights.values()),
+            run(mod, "decoder_layer", x, *weights.values()),
+            rtol=1e-4,
+            atol=1e-5,
+        )
 
 
 def test_fully_lowered_module_runs_on_the_vm_with_interpreted_kernels_and_numpy_externs():

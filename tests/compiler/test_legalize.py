@@ -12,8 +12,10 @@ from llm_deploy.compiler import struct_info as SI
 from llm_deploy.compiler.builder import BlockBuilder
 from llm_deploy.compiler.expr import Call, Function, GlobalVar, Op, Var
 from llm_deploy.compiler.interpreter import run
+from llm_deploy.compiler.parser import parse
 from llm_deploy.compiler.passes.legalize import legalize
-from llm_deploy.compiler.shape import var
+from llm_deploy.compiler.shape import evaluate, var
+from llm_deploy.compiler.testing import assert_roundtrip, assert_structural_equal
 from tests.compiler.llama_layer import LayerConfig, build_decoder_layer, random_weights
 
 n, m = var("n"), var("m")
@@ -124,9 +126,7 @@ def build(case: Case):
 def _inputs(case: Case, sizes: dict, rng):
     out = []
     for shape, dtype in case.params:
-        concrete = tuple(
-            int(d.value) if hasattr(d, "value") else int(_eval(d, sizes)) for d in SI.tensor(shape).shape
-        )
+        concrete = tuple(evaluate(d, sizes) for d in SI.tensor(shape).shape)
         if case.gen is not None and (dtype.startswith("int") or case.gen is _positive):
             out.append(case.gen(rng, concrete, dtype))
         elif dtype == "bool":
@@ -134,12 +134,6 @@ def _inputs(case: Case, sizes: dict, rng):
         else:
             out.append(rng.standard_normal(concrete).astype(dtype))
     return out
-
-
-def _eval(d, sizes):
-    from llm_deploy.compiler.shape import evaluate
-
-    return evaluate(d, sizes)
 
 
 def _op_calls(mod, name):
@@ -156,7 +150,7 @@ def _op_calls(mod, name):
 def test_legalized_op_runs_equal_to_the_op(case):
     mod = build(case)
     lowered = legalize(mod)
-    wellformed.check(lowered)
+    assert_roundtrip(lowered)  # well-formed, and its PrimFuncs print and parse back
     assert not _op_calls(lowered, case.op), f"{case.op} was not lowered"
     prim_funcs = [k for k, f in lowered.items() if isinstance(f, tir.PrimFunc)]
     assert prim_funcs == [case.op], "two call sites with one lowering share one PrimFunc"
@@ -278,6 +272,176 @@ def test_legalized_llama_decoder_layer_matches_the_graph_level_layer(n_val):
 
 def _all_bindings(mod):
     return [b for f in mod.graph_functions().values() for blk in f.body.blocks for b in blk.bindings]
+
+
+# -- before / expected, as IR text
+
+
+def _legalized(before: str, ops=None):
+    after = legalize(parse(before), ops)
+    wellformed.check(after)
+    return after
+
+
+def test_text_elementwise_with_broadcast_and_a_shared_prim_func():
+
+    before = """
+@module
+class Module:
+    @function
+    def main(x: Tensor[(n, 4), "float32"], y: Tensor[(4,), "float32"]) -> Tensor[(n, 4), "float32"]:
+        with dataflow():
+            lv: Tensor[(n, 4), "float32"] = add(x, y)
+            lv1: Tensor[(n, 4), "float32"] = add(lv, y)
+            gv: Tensor[(n, 4), "float32"] = exp(lv1)
+            output(gv)
+        return gv
+"""
+    expected = """
+@module
+class Module:
+    @function
+    def main(x: Tensor[(n, 4), "float32"], y: Tensor[(4,), "float32"]) -> Tensor[(n, 4), "float32"]:
+        with dataflow():
+            lv: Tensor[(n, 4), "float32"] = call_tir(add, (x, y), out_sinfo=Tensor[(n, 4), "float32"])
+            lv1: Tensor[(n, 4), "float32"] = call_tir(add, (lv, y), out_sinfo=Tensor[(n, 4), "float32"])
+            gv: Tensor[(n, 4), "float32"] = call_tir(exp, (lv1,), out_sinfo=Tensor[(n, 4), "float32"])
+            output(gv)
+        return gv
+
+    @prim_func
+    def add(A: Buffer[(n, 4), "float32"], B: Buffer[(4,), "float32"], Out: Buffer[(n, 4), "float32"]):
+        for i in range(n):
+            for j in range(4):
+                Out[i, j] = A[i, j] + B[j]
+
+    @prim_func
+    def exp(A: Buffer[(n, 4), "float32"], Out: Buffer[(n, 4), "float32"]):
+        for i in range(n):
+            for j in range(4):
+                Out[i, j] = exp(A[i, j])
+"""
+    after = _legalized(before)
+    assert_structural_equal(after, expected)
+    assert_roundtrip(after)
+
+
+def test_text_partial_legalization_leaves_other_ops():
+
+    before = """
+@module
+class Module:
+    @function
+    def main(x: Tensor[(n, 8), "float32"], w: Tensor[(8, 8), "float32"]) -> Tensor[(n, 8), "float32"]:
+        with dataflow():
+            lv: Tensor[(n, 8), "float32"] = matmul(x, w, out_dtype=None)
+            gv: Tensor[(n, 8), "float32"] = silu(lv)
+            output(gv)
+        return gv
+"""
+    expected = """
+@module
+class Module:
+    @function
+    def main(x: Tensor[(n, 8), "float32"], w: Tensor[(8, 8), "float32"]) -> Tensor[(n, 8), "float32"]:
+        with dataflow():
+            lv: Tensor[(n, 8), "float32"] = matmul(x, w, out_dtype=None)
+            gv: Tensor[(n, 8), "float32"] = call_tir(silu, (lv,), out_sinfo=Tensor[(n, 8), "float32"])
+            output(gv)
+        return gv
+
+    @prim_func
+    def silu(A: Buffer[(n, 8), "float32"], Out: Buffer[(n, 8), "float32"]):
+        for i in range(n):
+            for j in range(8):
+                Out[i, j] = A[i, j] * sigmoid(A[i, j])
+"""
+    assert_structural_equal(_legalized(before, ops=["silu"]), expected)
+
+
+def test_text_reduction_gather_and_concat_patterns():
+
+    before = """
+@module
+class Module:
+    @function
+    def main(x: Tensor[(n, 4), "float32"], ids: Tensor[(m,), "int32"], w: Tensor[(10, 4), "float32"]) -> Tensor[(n,), "float32"]:
+        with dataflow():
+            lv: Tensor[(m, 4), "float32"] = take(w, ids, axis=0)
+            lv1: Tensor[(m + n, 4), "float32"] = concat((x, lv), axis=0)
+            gv: Tensor[(n,), "float32"] = sum(x, axis=(1,), keepdims=False)
+            output(gv)
+        return gv
+"""
+    expected = """
+@module
+class Module:
+    @function
+    def main(x: Tensor[(n, 4), "float32"], ids: Tensor[(m,), "int32"], w: Tensor[(10, 4), "float32"]) -> Tensor[(n,), "float32"]:
+        with dataflow():
+            lv: Tensor[(m, 4), "float32"] = call_tir(take, (w, ids), out_sinfo=Tensor[(m, 4), "float32"])
+            lv1: Tensor[(m + n, 4), "float32"] = call_tir(concat, (x, lv), out_sinfo=Tensor[(m + n, 4), "float32"])
+            gv: Tensor[(n,), "float32"] = call_tir(sum, (x,), out_sinfo=Tensor[(n,), "float32"])
+            output(gv)
+        return gv
+
+    @prim_func
+    def take(A: Buffer[(10, 4), "float32"], B: Buffer[(m,), "int32"], Out: Buffer[(m, 4), "float32"]):
+        for i in range(m):
+            for j in range(4):
+                row = cast("int64", B[i])
+                Out[i, j] = A[row, j]
+
+    @prim_func
+    def concat(A: Buffer[(n, 4), "float32"], B: Buffer[(m, 4), "float32"], Out: Buffer[(m + n, 4), "float32"]):
+        for i in range(m + n):
+            for j in range(4):
+                if i < n:
+                    Out[i, j] = A[i, j]
+                else:
+                    Out[i, j] = B[i - n, j]
+
+    @prim_func
+    def sum(A: Buffer[(n, 4), "float32"], Out: Buffer[(n,), "float32"]):
+        for i in range(n):
+            acc = alloc((1,), "float32", "local")
+            acc[0] = float32(0.0)
+            for k in range(4):
+                acc[0] = acc[0] + A[i, k]
+            Out[i] = acc[0]
+"""
+    assert_structural_equal(_legalized(before), expected)
+
+
+def test_text_symbolic_operands_become_scalar_params():
+
+    before = """
+@module
+class Module:
+    @function
+    def main(x: Tensor[(n, 4), "float32"], y: Tensor[(m,), "float32"]) -> Tensor[(n, m + n), "float32"]:
+        with dataflow():
+            gv: Tensor[(n, m + n), "float32"] = causal_mask(shape(n, m + n), prim(m), dtype="float32")
+            output(gv)
+        return gv
+"""
+    expected = """
+@module
+class Module:
+    @function
+    def main(x: Tensor[(n, 4), "float32"], y: Tensor[(m,), "float32"]) -> Tensor[(n, m + n), "float32"]:
+        with dataflow():
+            gv: Tensor[(n, m + n), "float32"] = call_tir(causal_mask, (), shape(m, m), out_sinfo=Tensor[(n, m + n), "float32"])
+            output(gv)
+        return gv
+
+    @prim_func
+    def causal_mask(Out: Buffer[(n, m + n), "float32"], offset: Prim["int64"], m: Prim["int64"]):
+        for i in range(n):
+            for j in range(m + n):
+                Out[i, j] = select(j <= i + offset, float32(0.0), float32(-3.4028234663852886e+38))
+"""
+    assert_structural_equal(_legalized(before), expected)
 
 
 def test_tuple_valued_vars_split_then_concat():
