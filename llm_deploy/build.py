@@ -1,0 +1,130 @@
+"""`llm-deploy build`: a model (preset, Hugging Face folder or GGUF file) into an artifact folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llm_deploy import __version__
+from llm_deploy.runtime.artifact import MANIFEST_FORMAT
+
+SUPPORTED_QUANTIZATIONS = ("q0f32",)
+
+
+def model_name(source: str | os.PathLike) -> str:
+    from llm_deploy.models import MODELS
+
+    if isinstance(source, str) and source in MODELS:
+        return source
+    return Path(source).stem if Path(source).suffix == ".gguf" else Path(source).name
+
+
+def build_model(
+    source: str | os.PathLike = "llama",
+    target: str = "llvm",
+    output: str | os.PathLike | None = None,
+    quantization: str | None = None,
+    progress: bool = True,
+    **build_overrides: Any,
+) -> Path:
+    """Build `source` for `target`; returns the artifact folder (written atomically)."""
+    from tqdm import tqdm
+
+    from llm_deploy.compiler.pipeline import build
+    from llm_deploy.models import MODELS, BuildOptions, load_model
+    from llm_deploy.models.llama import build_llama, weight_arrays
+    from llm_deploy.models.weights import param_shapes
+
+    steps = tqdm(total=5, disable=not progress, desc="build", unit="step", leave=False)
+
+    def stage(text: str) -> None:
+        steps.set_description(text)
+
+    stage("loading model")
+    model = load_model(source)
+    options = MODELS[source].build if isinstance(source, str) and source in MODELS else BuildOptions()
+    if quantization is not None:
+        build_overrides["quantization"] = quantization
+    options = replace(options, **build_overrides)
+    if options.quantization not in SUPPORTED_QUANTIZATIONS:
+        if quantization is not None:
+            raise ValueError(
+                f"quantization {options.quantization!r} is not available in this build yet; "
+                f"available: {', '.join(SUPPORTED_QUANTIZATIONS)}"
+            )
+        options = replace(options, quantization="q0f32")
+    steps.update()
+
+    stage("building IR")
+    mod = build_llama(model.config, "float32", options.context_window)
+    steps.update()
+
+    stage("compiling")
+    exe = build(mod, target)
+    steps.update()
+
+    name = model_name(source)
+    out = Path(output) if output is not None else Path("dist") / f"{name}-{options.quantization}-{target}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        stage("writing weights")
+        from safetensors.numpy import save_file
+
+        names = list(param_shapes(model.config))
+        arrays = weight_arrays(model.config, model.weights, "float32")
+        (tmp / "params").mkdir()
+        save_file(
+            {n: np.ascontiguousarray(a) for n, a in zip(names, arrays)}, tmp / "params" / "params.safetensors"
+        )
+        steps.update()
+
+        stage("writing artifact")
+        exe.save(tmp)
+        model.tokenizer.save(tmp)
+        chat_config = {
+            "stop_token_ids": list(model.tokenizer.stop_token_ids),
+            "bos_token_id": model.config.bos_token_id,
+            "default_sampling": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 256},
+        }
+        (tmp / "chat_config.json").write_text(json.dumps(chat_config, indent=1))
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "llm_deploy_version": __version__,
+            "model": name,
+            "model_config": model.config.to_dict() | _config_fields(model.config),
+            "build_options": asdict(options),
+            "target": target,
+            "params": names,
+            "param_shapes": {n: list(a.shape) for n, a in zip(names, arrays)},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        steps.update()
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        steps.close()
+    return out
+
+
+def _config_fields(config) -> dict[str, Any]:
+    """The fields the runtime reads, under fixed names whatever the source's spelling."""
+    return {
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_key_value_heads": config.num_key_value_heads,
+        "num_attention_heads": config.num_attention_heads,
+        "head_dim": config.head_dim,
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+    }

@@ -1,0 +1,62 @@
+"""Pass pipelines per target, and `build`: IRModule -> Executable.
+
+A pipeline is a named list of passes `IRModule -> IRModule`. Running one can dump the IR text
+after every pass and run the well-formedness checker after each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from llm_deploy.compiler import tir
+from llm_deploy.compiler.module import IRModule
+from llm_deploy.compiler.passes.kv_cache import bind_kv_cache
+from llm_deploy.compiler.passes.legalize import legalize
+from llm_deploy.compiler.vm_codegen import lower_to_vm
+from llm_deploy.runtime.executable import Executable
+
+Pass = Callable[[IRModule], IRModule]
+
+PIPELINES: dict[str, list[Pass]] = {
+    "default": [bind_kv_cache, legalize],
+}
+
+
+def run_passes(
+    mod: IRModule, passes: Sequence[Pass], dump_dir: str | Path | None = None, check: bool = False
+) -> IRModule:
+    """Apply `passes` in order; optionally dump `NN_name.ir` after each and check well-formedness."""
+    if dump_dir is not None:
+        Path(dump_dir).mkdir(parents=True, exist_ok=True)
+    for i, p in enumerate(passes):
+        mod = p(mod)
+        if check:
+            from llm_deploy.compiler.wellformed import check as check_wellformed
+
+            check_wellformed(mod)
+        if dump_dir is not None:
+            (Path(dump_dir) / f"{i:02d}_{p.__name__}.ir").write_text(str(mod))
+    return mod
+
+
+def build(
+    mod: IRModule,
+    target: str = "llvm",
+    options: Any = None,
+    pipeline: str | Sequence[Pass] = "default",
+    metadata: dict[str, Any] | None = None,
+    dump_dir: str | Path | None = None,
+    check: bool = False,
+) -> Executable:
+    """Optimize and lower `mod`, compile its tensor programs for `target`, and return the executable."""
+    from llm_deploy.targets import get_target
+
+    passes = PIPELINES[pipeline] if isinstance(pipeline, str) else list(pipeline)
+    mod = run_passes(mod, passes, dump_dir, check)
+    program, constants = lower_to_vm(mod)
+    prim_funcs = {name: f for name, f in mod.items() if isinstance(f, tir.PrimFunc)}
+    t = get_target(target)
+    kernels = t.codegen(prim_funcs, options if options is not None else t.options())
+    return Executable(program, kernels, constants, target, metadata)

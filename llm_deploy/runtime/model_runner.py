@@ -1,0 +1,73 @@
+"""Runs a loaded artifact's model functions over a paged KV cache: the engine's only contact
+with the compiled model.
+
+    runner = ModelRunner(load_artifact("dist/llama"))
+    runner.add_sequence(0)
+    logits = runner.prefill([0], [prompt_ids])     # (1, vocab): the last token's logits
+    logits = runner.decode([0], [next_id])          # (1, vocab)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from llm_deploy.kv_cache import PagedKVCache
+from llm_deploy.runtime.artifact import Artifact
+
+
+class ModelRunner:
+    def __init__(self, artifact: Artifact, num_pages: int | None = None):
+        self.artifact = artifact
+        cfg, opts = artifact.config, artifact.build_options
+        self.vocab_size = cfg["vocab_size"]
+        self.context_window = opts["context_window"]
+        page_size = opts["kv_page_size"]
+        # Enough pages for one full context by default; the engine sizes it for its batch.
+        pages = num_pages or -(-self.context_window // page_size) + 1
+        self.cache = PagedKVCache(
+            cfg["num_hidden_layers"], cfg["num_key_value_heads"], cfg["head_dim"],
+            page_size=page_size, num_pages=pages, dtype=opts["kv_dtype"],
+        )  # fmt: skip
+        self.vm = artifact.executable.vm()
+        self._prefill, self._decode, self._score = self.vm["prefill"], self.vm["decode"], self.vm["score"]
+        self.params = artifact.params
+
+    # -- sequences
+    def add_sequence(self, seq_id: int) -> None:
+        self.cache.add_sequence(seq_id)
+
+    def remove_sequence(self, seq_id: int) -> None:
+        self.cache.remove_sequence(seq_id)
+
+    def fork_sequence(self, parent: int, child: int) -> None:
+        self.cache.fork_sequence(parent, child)
+
+    # -- forward steps
+    def prefill(self, seq_ids: Sequence[int], token_lists: Sequence[Sequence[int]]) -> np.ndarray:
+        """Append each sequence's tokens; logits of each sequence's last new token: (b, vocab)."""
+        ids = np.fromiter((t for toks in token_lists for t in toks), dtype=np.int32)
+        step = self.cache.begin_forward(list(seq_ids), [len(t) for t in token_lists])
+        return self._run(self._prefill, ids, np.ascontiguousarray(step.last_token_indices, dtype=np.int32))
+
+    def decode(self, seq_ids: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
+        """Append one token to each sequence; their next-token logits: (b, vocab)."""
+        ids = np.asarray(tokens, dtype=np.int32)
+        self.cache.begin_forward(list(seq_ids), [1] * len(ids))
+        return self._run(self._decode, ids)
+
+    def score(self, seq_id: int, tokens: Sequence[int]) -> np.ndarray:
+        """Append tokens to one sequence; the logits after every one of them: (n, vocab)."""
+        ids = np.asarray(tokens, dtype=np.int32)
+        self.cache.begin_forward([seq_id], [len(ids)])
+        return self._run(self._score, ids)
+
+    def _run(self, fn, *inputs) -> np.ndarray:
+        try:
+            out = fn(*inputs, self.cache, *self.params)
+        except BaseException:
+            self.cache.cancel_forward()
+            raise
+        self.cache.end_forward()
+        return out
