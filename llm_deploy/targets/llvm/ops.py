@@ -1,0 +1,247 @@
+"""Scalar and vector arithmetic on LLVM values: tir's binary ops, intrinsics and casts.
+
+Every function here works unchanged on `<N x T>` vectors: LLVM's instructions and intrinsics are
+lane-wise, which is what lets the vectorizer emit a loop body once on vectors.
+
+Semantics follow numpy where tir leaves a choice: floordiv/floormod round toward -inf (also on
+signed ints), `round` is half-to-even, `ne` on floats is true for NaN, integer `div` truncates
+(C semantics), and casts from float to int truncate.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from llm_deploy.targets.llvm.dtypes import DType, const, dtype
+
+_FCMP = {"lt": "<", "le": "<=", "eq": "==", "gt": ">", "ge": ">="}
+_ICMP = {"lt": "<", "le": "<=", "eq": "==", "ne": "!=", "gt": ">", "ge": ">="}
+
+
+def lanes_of(v: ir.Value) -> int:
+    return v.type.count if isinstance(v.type, ir.VectorType) else 1
+
+
+def _suffix(t: ir.Type) -> str:
+    if isinstance(t, ir.VectorType):
+        return f"v{t.count}{_suffix(t.element)}"
+    if isinstance(t, ir.IntType):
+        return f"i{t.width}"
+    return {ir.HalfType: "f16", ir.FloatType: "f32", ir.DoubleType: "f64"}[type(t)]
+
+
+class Ops:
+    """Emits arithmetic into `builder`; declares each intrinsic or libm function once per module."""
+
+    def __init__(self, module: ir.Module, fast_math: tuple[str, ...] = ()):
+        self.module = module
+        self.fm = fast_math
+        self.b: ir.IRBuilder = None  # type: ignore[assignment]  # set by the function emitter
+
+    # --- declarations -------------------------------------------------------------------------
+
+    def declare(self, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
+        fn = self.module.globals.get(name)
+        if fn is None:
+            fn = ir.Function(self.module, ir.FunctionType(ret, args), name)
+        return fn
+
+    def intrinsic(self, base: str, *args: ir.Value) -> ir.Value:
+        """`llvm.<base>.<type>` overloaded on its first argument's type."""
+        t = args[0].type
+        fn = self.declare(f"llvm.{base}.{_suffix(t)}", t, [a.type for a in args])
+        element = t.element if isinstance(t, ir.VectorType) else t
+        return self.b.call(fn, list(args), fastmath=() if isinstance(element, ir.IntType) else self.fm)
+
+    def libm(self, name: str, x: ir.Value) -> ir.Value:
+        """A libm function with no LLVM intrinsic (erf), applied lane by lane."""
+        t = x.type.element if isinstance(x.type, ir.VectorType) else x.type
+        fn = self.declare(name if isinstance(t, ir.DoubleType) else name + "f", t, [t])
+        if not isinstance(x.type, ir.VectorType):
+            return self.b.call(fn, [x])
+        out = ir.Constant(x.type, ir.Undefined)
+        for i in range(x.type.count):
+            lane = self.b.call(fn, [self.b.extract_element(x, ir.Constant(ir.IntType(32), i))])
+            out = self.b.insert_element(out, lane, ir.Constant(ir.IntType(32), i))
+        return out
+
+    # --- casts --------------------------------------------------------------------------------
+
+    def to_bool(self, d: DType, x: ir.Value) -> ir.Value:
+        if d.kind == "bool":
+            return x
+        zero = const(d, 0, lanes_of(x))
+        if d.is_float:
+            return self.b.fcmp_unordered("!=", x, zero)
+        return self.b.icmp_unsigned("!=", x, zero)
+
+    def cast(self, src: DType, dst: DType, x: ir.Value) -> ir.Value:
+        b, lanes = self.b, lanes_of(x)
+        if src == dst:
+            return x
+        to = dst.reg if lanes == 1 else ir.VectorType(dst.reg, lanes)
+        if dst.kind == "bool":
+            return self.to_bool(src, x)
+        if src.is_float and dst.is_float:
+            return b.fpext(x, to) if dst.bits > src.bits else b.fptrunc(x, to)
+        if src.is_float:
+            return b.fptosi(x, to) if dst.signed else b.fptoui(x, to)
+        if dst.is_float:
+            return b.sitofp(x, to) if src.signed else b.uitofp(x, to)
+        if dst.bits < src.bits:
+            return b.trunc(x, to)
+        if dst.bits > src.bits:
+            return b.sext(x, to) if src.signed else b.zext(x, to)
+        return x  # int32 <-> uint32: same bits
+
+    # --- binary ops ---------------------------------------------------------------------------
+
+    def binary(self, op: str, d: DType, x: ir.Value, y: ir.Value) -> ir.Value:
+        """`x op y` where both operands already have dtype `d`; comparisons return i1."""
+        if op in ("and", "or"):
+            x, y = self.to_bool(d, x), self.to_bool(d, y)
+            return self.b.and_(x, y) if op == "and" else self.b.or_(x, y)
+        if d.is_float:
+            return self._float_binary(op, d, x, y)
+        if d.kind == "bool" and op not in ("eq", "ne", "bitand", "bitor", "bitxor", "min", "max"):
+            raise NotImplementedError(
+                f"binary op {op!r} on bool operands; cast them to an integer type first"
+            )
+        return self._int_binary(op, d, x, y)
+
+    def _float_binary(self, op: str, d: DType, x: ir.Value, y: ir.Value) -> ir.Value:
+        b, fm = self.b, self.fm
+        if d.bits == 16 and op in ("floordiv", "floormod", "pow"):
+            # Several roundings in half would drift; numpy computes these in float32, rounds once.
+            f32 = dtype("float32")
+            out = self._float_binary(op, f32, self.cast(d, f32, x), self.cast(d, f32, y))
+            return self.cast(f32, d, out)
+        match op:
+            case "add":
+                return b.fadd(x, y, flags=fm)
+            case "sub":
+                return b.fsub(x, y, flags=fm)
+            case "mul":
+                return b.fmul(x, y, flags=fm)
+            case "div":
+                return b.fdiv(x, y, flags=fm)
+            case "floordiv":
+                return self.intrinsic("floor", b.fdiv(x, y, flags=fm))
+            case "floormod":
+                # x - y * floor(x / y), numpy's sign convention (result has y's sign)
+                q = self.intrinsic("floor", b.fdiv(x, y, flags=fm))
+                return b.fsub(x, b.fmul(y, q, flags=fm), flags=fm)
+            case "min":
+                return b.select(b.fcmp_ordered("<", x, y), x, y)
+            case "max":
+                return b.select(b.fcmp_ordered(">", x, y), x, y)
+            case "pow":
+                return self.intrinsic("pow", x, y)
+            case "ne":
+                return b.fcmp_unordered("!=", x, y)
+            case _ if op in _FCMP:
+                return b.fcmp_ordered(_FCMP[op], x, y)
+        raise NotImplementedError(f"binary op {op!r} is not defined on {d.name}")
+
+    def _int_binary(self, op: str, d: DType, x: ir.Value, y: ir.Value) -> ir.Value:
+        b, signed = self.b, d.signed
+        match op:
+            case "add":
+                return b.add(x, y)
+            case "sub":
+                return b.sub(x, y)
+            case "mul":
+                return b.mul(x, y)
+            case "div":
+                return b.sdiv(x, y) if signed else b.udiv(x, y)
+            case "floordiv":
+                return self.floordiv(x, y) if signed else b.udiv(x, y)
+            case "floormod":
+                return self.floormod(x, y) if signed else b.urem(x, y)
+            case "min":
+                cmp = b.icmp_signed if signed else b.icmp_unsigned
+                return b.select(cmp("<", x, y), x, y)
+            case "max":
+                cmp = b.icmp_signed if signed else b.icmp_unsigned
+                return b.select(cmp(">", x, y), x, y)
+            case "pow":
+                # Through double: exact while the result fits in 53 bits, which integer pow in
+                # kernels (small powers of two, squares) does.
+                f64 = dtype("float64")
+                r = self.intrinsic("pow", self.cast(d, f64, x), self.cast(d, f64, y))
+                return self.cast(f64, d, self.intrinsic("roundeven", r))
+            case "shl":
+                return b.shl(x, y)
+            case "shr":
+                return b.ashr(x, y) if signed else b.lshr(x, y)
+            case "bitand":
+                return b.and_(x, y)
+            case "bitor":
+                return b.or_(x, y)
+            case "bitxor":
+                return b.xor(x, y)
+            case _ if op in _ICMP:
+                cmp = b.icmp_signed if signed else b.icmp_unsigned
+                return cmp(_ICMP[op], x, y)
+        raise NotImplementedError(f"binary op {op!r} is not defined on {d.name}")
+
+    def floordiv(self, x: ir.Value, y: ir.Value) -> ir.Value:
+        """Signed division rounding toward -inf: the C quotient, minus one when the remainder
+        is non-zero and has the other sign than the divisor."""
+        b = self.b
+        q, r = b.sdiv(x, y), b.srem(x, y)
+        return b.sub(q, b.zext(self._needs_floor_fix(r, y), q.type))
+
+    def floormod(self, x: ir.Value, y: ir.Value) -> ir.Value:
+        b = self.b
+        r = b.srem(x, y)
+        return b.select(self._needs_floor_fix(r, y), b.add(r, y), r)
+
+    def _needs_floor_fix(self, r: ir.Value, y: ir.Value) -> ir.Value:
+        b = self.b
+        zero = ir.Constant(r.type, None)
+        return b.and_(b.icmp_signed("!=", r, zero), b.icmp_signed("<", b.xor(r, y), zero))
+
+    # --- intrinsics ---------------------------------------------------------------------------
+
+    def intrin(self, name: str, d: DType, x: ir.Value) -> ir.Value:
+        b = self.b
+        if name == "not":
+            x = self.to_bool(d, x)
+            return b.xor(x, const(dtype("bool"), True, lanes_of(x)))
+        if not d.is_float:
+            return self._int_intrin(name, d, x)
+        match name:
+            case "neg":
+                return b.fneg(x, flags=self.fm)
+            case "abs":
+                return self.intrinsic("fabs", x)
+        if d.bits == 16:
+            # libm and most LLVM math intrinsics have no half variant worth using: compute in
+            # float32 and round once, as numpy does for float16.
+            f32 = dtype("float32")
+            return self.cast(f32, d, self.intrin(name, f32, self.cast(d, f32, x)))
+        one = const(d, 1.0, lanes_of(x))
+        match name:
+            case "exp" | "log" | "sqrt" | "floor" | "ceil" | "cos" | "sin" | "tanh":
+                return self.intrinsic(name, x)
+            case "round":
+                return self.intrinsic("roundeven", x)
+            case "rsqrt":
+                return b.fdiv(one, self.intrinsic("sqrt", x), flags=self.fm)
+            case "sigmoid":
+                e = self.intrinsic("exp", b.fneg(x, flags=self.fm))
+                return b.fdiv(one, b.fadd(one, e, flags=self.fm), flags=self.fm)
+            case "erf":
+                return self.libm("erf", x)
+        raise NotImplementedError(f"intrinsic {name!r} is not defined on {d.name}")
+
+    def _int_intrin(self, name: str, d: DType, x: ir.Value) -> ir.Value:
+        match name:
+            case "neg":
+                return self.b.sub(ir.Constant(x.type, None), x)
+            case "abs":
+                return self.intrinsic("abs", x, ir.Constant(ir.IntType(1), 0)) if d.signed else x
+            case "floor" | "ceil" | "round":
+                return x
+        raise NotImplementedError(f"intrinsic {name!r} needs a float operand, found {d.name}; cast it first")
