@@ -130,8 +130,3 @@ def fresh_scalar(hint: str, infos: Sequence[StructInfo]) -> str:
         k += 1
         name = f"{hint}{k}"
     return name
-
-
-def reduce_sum(value, axis, acc_dtype: str):
-    """te.sum of `value` accumulated in `acc_dtype` (float16 data sums in float32)."""
-    return te.sum(tir.cast(acc_dtype, value), axis, dtype=acc_dtype)
