@@ -1,0 +1,47 @@
+"""Session-wide fixtures: artifacts are built once per test session and shared by every folder."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("artifacts")
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(artifacts_dir):
+    """`llama-tiny` (seeded random weights) built for the CPU."""
+    from llm_deploy.build import build_model
+
+    return build_model("llama-tiny", output=artifacts_dir / "llama-tiny-q0f32-llvm", progress=False)
+
+
+@pytest.fixture(scope="session")
+def default_artifact(artifacts_dir):
+    """The default model (SmolLM2-135M-Instruct from its GGUF), q0f32, built for the CPU."""
+    from llm_deploy.build import build_model
+
+    return build_model(
+        "llama", output=artifacts_dir / "llama-q0f32-llvm", quantization="q0f32", progress=False
+    )
+
+
+@pytest.fixture(scope="session")
+def default_runner_factory(default_artifact):
+    """Fresh runners over one loaded artifact (kernels loaded once)."""
+    from llm_deploy.runtime.artifact import load_artifact
+    from llm_deploy.runtime.model_runner import ModelRunner
+
+    artifact = load_artifact(default_artifact)
+    return lambda **kw: ModelRunner(artifact, **kw)
+
+
+@pytest.fixture(scope="session")
+def tiny_runner_factory(tiny_artifact):
+    from llm_deploy.runtime.artifact import load_artifact
+    from llm_deploy.runtime.model_runner import ModelRunner
+
+    artifact = load_artifact(tiny_artifact)
+    return lambda **kw: ModelRunner(artifact, **kw)
