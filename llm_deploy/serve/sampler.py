@@ -325,6 +325,8 @@ def _draw(probs: np.ndarray, rng: np.random.Generator) -> int:
 
 def _check_row(row: np.ndarray, index: int) -> None:
     # Bias and penalties are finite and keep -inf at -inf, so a row with one finite logit stays sampleable.
+    if np.isfinite(row).all():
+        return
     if np.isnan(row).any() or np.isposinf(row).any():
         raise SamplingError(f"logits row {index} contains NaN or +inf")
     if np.isneginf(row).all():
