@@ -1,6 +1,7 @@
 """Legalize: every op lowered to a tensor program runs equal to the op, for several values of
 each symbolic dim, with one PrimFunc per op however many call sites."""
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,6 +17,9 @@ from llm_deploy.compiler.parser import parse
 from llm_deploy.compiler.passes.legalize import legalize
 from llm_deploy.compiler.shape import evaluate, var
 from llm_deploy.compiler.testing import assert_roundtrip, assert_structural_equal
+from llm_deploy.compiler.vm_codegen import lower_to_vm
+from llm_deploy.runtime.vm import VirtualMachine
+from llm_deploy.targets.llvm.codegen import LLVMOptions, codegen
 from tests.compiler.llama_layer import LayerConfig, build_decoder_layer, random_weights
 
 n, m = var("n"), var("m")
@@ -467,3 +471,30 @@ def test_tuple_valued_vars_split_then_concat():
     ]
     xv = np.random.default_rng(3).standard_normal((4, 6)).astype("float32")
     np.testing.assert_array_equal(run(lowered, "main", xv), xv)
+
+
+def test_every_lowered_op_compiles_for_the_cpu_and_runs_equal_on_the_vm():
+    """The default programs are what the targets compile: each one through LLVM (unoptimized,
+    to keep this fast; the target's own tests cover -O3) and run by the VM, against the op."""
+    modules = {c.id: (build(c), legalize(build(c))) for c in CASES}
+    kernels = {
+        f"{cid.replace('-', '_')}__{name}": f
+        for cid, (_, lowered) in modules.items()
+        for name, f in lowered.items()
+        if isinstance(f, tir.PrimFunc)
+    }
+    compiled = codegen(kernels, LLVMOptions(opt_level=0))
+    rng = np.random.default_rng(0)
+    for case in CASES:
+        mod, lowered = modules[case.id]
+        program, constants = lower_to_vm(lowered)
+        prefix = case.id.replace("-", "_")
+        mine = {k: compiled[f"{prefix}__{k}"] for k, f in lowered.items() if isinstance(f, tir.PrimFunc)}
+        vm = VirtualMachine(json.loads(json.dumps(program)), mine, {}, constants)
+        for sizes in case.sizes:
+            args = _inputs(case, sizes, rng)
+            for e, g in zip(run(mod, "main", *args), vm["main"](*args)):
+                for x, y in zip(e if isinstance(e, tuple) else (e,), g if isinstance(g, tuple) else (g,)):
+                    np.testing.assert_allclose(
+                        y, x, rtol=case.rtol, atol=case.rtol, err_msg=f"{case.id} {sizes}"
+                    )
