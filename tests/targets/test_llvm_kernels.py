@@ -37,3 +37,21 @@ def test_kernel_matches_numpy_and_interpreter(llvm_module, name):
                     case.atol,
                     f"{name}, n={n}, output {out} vs interpreter",
                 )
+
+
+def test_exp_is_within_one_ulp_over_the_whole_float32_range(llvm_module):
+    """exp is inlined (Cephes' polynomial) rather than a libm call per lane; it must still be
+    right from underflow through the subnormals to overflow, and on inf and nan."""
+    specials = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 88.73, -104.5], np.float32)  # exact results
+    edges = np.array([88.72, 88.7228, -87.34, -103.9], np.float32)
+    x = np.concatenate([np.linspace(-110, 90, 200_003, dtype=np.float32), edges, specials])
+    out = np.zeros_like(x)
+    llvm_module["intrin_exp_float32"](x, out)
+    with np.errstate(over="ignore"):
+        exact = np.exp(x.astype(np.float64))
+        np.testing.assert_array_equal(out[-len(specials) :], np.exp(specials))
+    normal = (exact > np.finfo(np.float32).tiny) & (exact < np.finfo(np.float32).max)
+    ulps = np.abs(out[normal] - exact[normal]) / np.spacing(exact[normal].astype(np.float32))
+    assert ulps.max() <= 1.5
+    subnormal = (exact <= np.finfo(np.float32).tiny) & np.isfinite(x)
+    assert np.abs(out[subnormal] - exact[subnormal]).max() <= 2 * np.finfo(np.float32).smallest_subnormal

@@ -6,9 +6,11 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from llm_deploy.compiler import shape as S
 from llm_deploy.compiler.tir import Buffer, For, PrimFunc, Store
+from llm_deploy.targets.llvm import KernelCallError
 from llm_deploy.targets.llvm.codegen import codegen
 from tests.targets.conftest import copy_args
 from tests.targets.llvm_cases import CASES
@@ -95,3 +97,30 @@ def test_close_joins_the_workers():
     assert set(tids) <= set(os.listdir("/proc/self/task"))
     module.close()
     assert not set(tids) & set(os.listdir("/proc/self/task"))
+    with pytest.raises(KernelCallError, match="its module was closed"):
+        module["fill"](a)
+
+
+def test_a_forked_child_computes_with_its_copy_of_the_pool(llvm_module):
+    """The child inherits the pool's state but none of its threads: the caller runs every task
+    nobody claims, and set_num_threads starts fresh workers in the child."""
+    kernel = llvm_module["heavy_parallel"]
+    llvm_module.set_num_threads(2)
+    kernel(np.zeros(4, np.float32), 10)  # the parent's worker is running
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        status = 1
+        try:
+            want = heavy_reference(6, 2000)
+            out = np.zeros(6, np.float32)
+            kernel(out, 2000)
+            ok = np.allclose(out, want, rtol=1e-4)
+            llvm_module.set_num_threads(2)
+            out[:] = 0
+            kernel(out, 2000)
+            status = 0 if ok and np.allclose(out, want, rtol=1e-4) else 2
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    llvm_module.set_num_threads()

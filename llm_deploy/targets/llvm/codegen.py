@@ -58,6 +58,9 @@ class LLVMOptions:
 
 def signature_of(name: str, f: T.PrimFunc) -> KernelSignature:
     """The kernel's ABI signature: parameters, and the order of its symbolic variables."""
+    buffer_names = [b.name for b in f.buffers]
+    if len(set(buffer_names)) != len(buffer_names):
+        raise CodegenError(f"kernel {name}: buffer parameters need distinct names, found {buffer_names}")
     names = [s.name for s in f.scalars]
     bare = set(names)
     params = []

@@ -88,6 +88,8 @@ class Kernel:
         self._fn(buffers_address, vars_address)
 
     def __call__(self, *args: Any) -> None:
+        if self._module.closed:
+            raise KernelCallError(f"kernel {self.name}: its module was closed (the code is freed)")
         if len(args) != self._nargs:
             raise KernelCallError(f"kernel {self.signature} takes {self._nargs} arguments, got {len(args)}")
         values = [0] * self._nvars
@@ -151,7 +153,9 @@ def _numpy_data_offset() -> int:
     )
 
 
-def _shutdown(engine: llvm.ExecutionEngine, shutdown: Any) -> None:
+def _shutdown(engine: llvm.ExecutionEngine, shutdown: Any, pid: int) -> None:
+    if os.getpid() != pid:
+        return  # a forked child: the workers (and the engine's owner) live in the parent
     shutdown()  # join the pool's workers before their code is freed
     engine.close()
 
@@ -168,6 +172,7 @@ class KernelModule:
         spin: int = pool.DEFAULT_SPIN,
     ):
         check_host_compatible(target.triple, target.features)
+        self.closed = False
         self.object_code = object_code
         self.signatures = dict(signatures)
         self.target = target
@@ -187,7 +192,9 @@ class KernelModule:
             self._address(pool.STAT)
         )
         shutdown = ctypes.CFUNCTYPE(None)(self._address(pool.SHUTDOWN))
-        self._finalizer = weakref.finalize(self, _shutdown, self._engine, shutdown)
+        self._forget = ctypes.CFUNCTYPE(None)(self._address(pool.FORGET))
+        self._pid = os.getpid()
+        self._finalizer = weakref.finalize(self, _shutdown, self._engine, shutdown, self._pid)
         self.set_num_threads(num_threads, spin)
         offset = self._engine.get_global_value_address(PY_DATA_OFFSET)
         ctypes.c_int64.from_address(offset).value = _numpy_data_offset()
@@ -215,6 +222,9 @@ class KernelModule:
     ) -> None:
         """Threads for parallel loops (the caller's included); the workers restart on next use.
         Not while a kernel of this module runs."""
+        if os.getpid() != self._pid:  # forked since: this copy of the pool has no threads
+            self._forget()
+            self._pid = os.getpid()
         self.num_threads = max(1, min(num_threads or os.cpu_count() or 1, pool.MAX_THREADS))
         self._configure(self.num_threads, spin, tasks_per_thread)
 
@@ -228,7 +238,8 @@ class KernelModule:
         }
 
     def close(self) -> None:
-        """Stop the pool and free the code; the module's kernels must not be called after this."""
+        """Stop the pool and free the code; calling a kernel of the module afterwards is an error."""
+        self.closed = True
         self._finalizer()
 
     # --- persistence --------------------------------------------------------------------------

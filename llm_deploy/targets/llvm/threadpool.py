@@ -20,7 +20,9 @@ busy runs its job serially as one task, so concurrent callers never deadlock):
 Exported besides `llmd_parallel_for`: `llmd_pool_configure(nthreads, spin)` (stops the workers;
 they restart lazily), `llmd_pool_shutdown()` (joins them: call it before freeing the code), and
 `llmd_pool_stat(what, slot)` (0: running workers; 1: OS thread id of worker `slot`; 2: tasks run by
-`slot`, slot 0 being whichever thread called in).
+`slot`, slot 0 being whichever thread called in), and `llmd_pool_forget()` for a forked child,
+whose copy of the pool has no threads behind it. (Until then the child still computes correctly:
+a caller runs every task nobody else claims.)
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ PARALLEL_FOR = "llmd_parallel_for"
 CONFIGURE = "llmd_pool_configure"
 SHUTDOWN = "llmd_pool_shutdown"
 STAT = "llmd_pool_stat"
+FORGET = "llmd_pool_forget"
 
 _PAUSE_DECLS = {
     "x86_64": "declare void @llvm.x86.sse2.pause()",
@@ -320,6 +323,16 @@ unlock:
   ret void
 }
 
+; After fork() the child has none of the parent's workers: forget them without joining.
+define void @FORGET() {
+entry:
+  store i32 0, ptr @pool.started, align 4
+  store i32 0, ptr @pool.sleepers, align 4
+  store i32 0, ptr @pool.main_sleeping, align 4
+  store i32 0, ptr @pool.busy, align 4
+  ret void
+}
+
 define void @CONFIGURE(i32 %n, i32 %spin, i32 %split) {
 entry:
   call void @SHUTDOWN()
@@ -370,6 +383,7 @@ def pool_ir(triple: str, spin: int = DEFAULT_SPIN) -> str:
         "CONFIGURE": CONFIGURE,
         "SHUTDOWN": SHUTDOWN,
         "STAT": STAT,
+        "FORGET": FORGET,
     }
     text = _POOL_IR
     for key, value in substitutions.items():

@@ -9,6 +9,9 @@ a varying value is a scalar access; anything else is a gather/scatter, lane by l
 A loop whose body branches on a varying condition, allocates scratch memory (one copy per lane),
 or holds a parallel or vectorized loop cannot be run as one vector body; it stays a scalar loop
 (and an inner vectorized loop is vectorized on its own).
+
+As in TVM, the schedule promises that iterations of a vectorized loop do not depend on each
+other through memory: the vector body runs each statement for all lanes before the next one.
 """
 
 from __future__ import annotations
