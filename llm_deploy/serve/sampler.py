@@ -114,15 +114,28 @@ def _logit_bias(value: object) -> Mapping[int, float]:
 def _stop_strings(value: object) -> tuple[str, ...]:
     if value is None:
         return ()
-    strings = (value,) if isinstance(value, str) else tuple(value)  # type: ignore[arg-type]
+    if isinstance(value, str):
+        return (value,) if value else _bad_stop(value)
+    strings = _as_tuple("stop", value)
     for s in strings:
         if not isinstance(s, str) or not s:
-            raise SamplingParamsError(f"SamplingParams.stop must hold non-empty strings, got {s!r}")
+            _bad_stop(s)
     return strings
 
 
+def _bad_stop(s: object) -> tuple[str, ...]:
+    raise SamplingParamsError(f"SamplingParams.stop must be a non-empty string or a list of them, got {s!r}")
+
+
+def _as_tuple(name: str, value: object) -> tuple:
+    try:
+        return tuple(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise SamplingParamsError(f"SamplingParams.{name} must be a list, got {value!r}") from None
+
+
 def _token_ids(name: str, value: object) -> tuple[int, ...]:
-    ids = tuple(_integer(name, t) for t in (value or ()))  # type: ignore[union-attr]
+    ids = tuple(_integer(name, t) for t in _as_tuple(name, value or ()))
     if any(t < 0 for t in ids):
         raise SamplingParamsError(f"SamplingParams.{name} must hold token ids >= 0, got {ids!r}")
     return ids
