@@ -487,6 +487,20 @@ def _scalar_param() -> Case:
     )
 
 
+def _scalar_extent() -> Case:
+    # a vectorized loop over a scalar count that may be negative (then it runs zero times)
+    count = S.var("count")
+    out = Buffer("out", (n,))
+    body = For(i, count, Store(out, (i,), T.Imm(1.0, "float32")), kind="vectorized")
+
+    def ref(o, c):
+        r = np.zeros_like(o)
+        r[: max(c, 0)] = 1
+        return [r]
+
+    return Case(PrimFunc((out, count), body), lambda rng, s: [_zeros(s), s - 3], (0,), ref)
+
+
 def _concat() -> Case:
     # out has dim n + m: bound from A and B, checked against out at call time
     A, B, out = Buffer("A", (n,)), Buffer("B", (m,)), Buffer("out", (n + m,))
@@ -625,7 +639,7 @@ def structure_cases() -> dict[str, Case]:
     makers = [
         _ew2d, _matmul, _rowsum_vector_acc, _take, _transpose_gather, _transpose_scatter, _strided,
         _guarded_select, _select_vector, _varying_if, _index_math, _divmod_flatten, _heap_scratch,
-        _unrolled, _scalar_param, _concat, _nested_parallel, _half_vector, _zero_dim, _te_softmax,
+        _unrolled, _scalar_param, _scalar_extent, _concat, _nested_parallel, _half_vector, _zero_dim, _te_softmax,
         _te_rmsnorm_matmul, _te_argmax_concat, _te_take_rows,
     ]  # fmt: skip
     return {f.__name__.lstrip("_"): f() for f in makers}

@@ -265,9 +265,11 @@ class FunctionEmitter:
         lanes = self.st.vector_lanes or max(2, self.st.vector_bits // V.widest_bits(loop))
         extent = loop.extent
         if isinstance(extent, S.IntImm):
-            if extent.value == 0:
+            if extent.value <= 0:
                 return
             lanes = min(lanes, extent.value)
+        elif not self.analyzer.can_prove_nonneg(extent):
+            extent = S.maximum(extent, 0)  # a negative count would make the tail run backwards
         groups, tail_start = extent // lanes, (extent // lanes) * lanes
         name = loop.var.name
 
