@@ -128,3 +128,47 @@ def _config_fields(config) -> dict[str, Any]:
         "vocab_size": config.vocab_size,
         "hidden_size": config.hidden_size,
     }
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LLM_DEPLOY_CACHE", Path.home() / ".cache" / "llm_deploy")) / "artifacts"
+
+
+def content_key(source: str | os.PathLike, target: str, quantization: str | None) -> str:
+    """A key that changes with the model's bytes, the build settings and our version."""
+    import hashlib
+
+    from llm_deploy.models import MODELS
+
+    h = hashlib.sha256(f"{__version__}|{target}|{quantization}".encode())
+    if isinstance(source, str) and source in MODELS:
+        preset = MODELS[source]
+        h.update(json.dumps(asdict(preset.build), sort_keys=True).encode())
+        h.update(json.dumps(preset.config.to_dict(), sort_keys=True, default=str).encode())
+        if preset.weights and "random_seed" in preset.weights:
+            h.update(str(preset.weights["random_seed"]).encode())
+            return h.hexdigest()[:16]
+        source = preset.gguf_path()
+    path = Path(source)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def ensure_artifact(
+    source: str | os.PathLike, target: str = "llvm", quantization: str | None = None, progress: bool = True
+) -> Path:
+    """An artifact folder as it is, or a model built once into the cache and reused afterwards."""
+    from llm_deploy.runtime.artifact import is_artifact
+
+    if is_artifact(source):
+        return Path(source)
+    key = content_key(source, target, quantization)
+    out = cache_root() / f"{model_name(source)}-{quantization or 'default'}-{target}-{key}"
+    if is_artifact(out):
+        return out
+    return build_model(source, target, out, quantization, progress)

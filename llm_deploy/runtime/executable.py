@@ -29,9 +29,9 @@ LOADERS = {"llvm": "llm_deploy.targets.llvm.runtime:load"}
 
 def default_externs() -> dict[str, Callable[..., Any]]:
     """Every library function the runtime provides, by name."""
-    from llm_deploy.kv_cache.externs import KV_EXTERNS
+    from llm_deploy.runtime.externs import EXTERNS
 
-    return dict(KV_EXTERNS)
+    return {name: e.fn for name, e in EXTERNS.items()}
 
 
 class Executable:

@@ -1,8 +1,9 @@
 """Extern library functions: a registry from a stable name to a numpy implementation.
 
 `call_extern("numpy.matmul", (a, b), out_info)` calls a library function in destination-passing
-style, `fn(*inputs, *outputs)`, like call_tir. The implementations here are the reference (the
-interpreter runs them); a target registers native ones under the same names in its own table.
+style, `fn(*inputs, *outputs)`, like call_tir. One table serves the interpreter and the VM; it
+lives in the runtime because artifacts run without the compiler. The KV cache's functions
+(`kv_cache.*`) are registered here too.
 """
 
 from __future__ import annotations
@@ -65,3 +66,14 @@ def _softmax(x: np.ndarray, out: np.ndarray) -> None:
     y = _wide(x)
     y = np.exp(y - y.max(axis=-1, keepdims=True))
     out[...] = y / y.sum(axis=-1, keepdims=True)
+
+
+def _register_kv_cache() -> None:
+    from llm_deploy.kv_cache.externs import KV_EXTERNS
+
+    for name, fn in KV_EXTERNS.items():
+        # The cache's writes are the ones begin_forward prepared: repeating them is harmless.
+        EXTERNS[name] = ExternDef(name, fn, True, (fn.__doc__ or "").strip())
+
+
+_register_kv_cache()

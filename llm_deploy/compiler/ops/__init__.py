@@ -32,6 +32,7 @@ from llm_deploy.compiler.ops.elementwise import (
     tanh,
     where,
 )
+from llm_deploy.compiler.ops.kv_cache import kv_cache_attention, kv_cache_positions
 from llm_deploy.compiler.ops.linalg import linear, matmul
 from llm_deploy.compiler.ops.manipulate import (
     broadcast_to,
@@ -118,4 +119,7 @@ __all__ = [
     "attention",
     "rope",
     "rope_inv_freq",
+    # KV cache
+    "kv_cache_attention",
+    "kv_cache_positions",
 ]
