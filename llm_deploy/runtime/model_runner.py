@@ -23,6 +23,8 @@ class ModelRunner:
         cfg, opts = artifact.config, artifact.build_options
         self.vocab_size = cfg["vocab_size"]
         self.context_window = opts["context_window"]
+        self.prefill_chunk = opts["prefill_chunk"]
+        self.stop_token_ids = tuple(artifact.chat_config.get("stop_token_ids", ()))
         page_size = opts["kv_page_size"]
         # Enough pages for one full context by default; the engine sizes it for its batch.
         pages = num_pages or -(-self.context_window // page_size) + 1
