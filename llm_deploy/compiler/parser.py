@@ -64,7 +64,14 @@ from llm_deploy.compiler.expr import (
 )
 from llm_deploy.compiler.module import IRModule
 from llm_deploy.compiler.ops.registry import OPS, REQUIRED, InferContext, ShapeError
-from llm_deploy.compiler.printer import BUILTINS, IMPURE_MARK, INDEX_OPS, SINFO_KWARG, deduced_purity
+from llm_deploy.compiler.printer import (
+    BUILTINS,
+    IMPURE_MARK,
+    INDEX_OPS,
+    SINFO_KWARG,
+    deduced_purity,
+    info_to_str,
+)
 from llm_deploy.compiler.shape import Analyzer, PrimExpr, SymVar
 from llm_deploy.compiler.struct_info import DTYPES, StructInfo
 
@@ -143,7 +150,12 @@ class _Source:
                 return ast.parse(self.text, mode=mode)
         except SyntaxError as e:
             line = e.lineno or 1
-            col = (e.offset or 1) + (self.margin if self._in_range(line) else 0)
+            col = e.offset or 1
+            if isinstance(e, IndentationError) and self._in_range(line):
+                # Python points at the indentation; the culprit is the first thing after it.
+                text = self.lines[line - 1]
+                col = max(col, len(text) - len(text.lstrip()) + 1)
+            col += self.margin if self._in_range(line) else 0
             message = e.msg if e.msg else "invalid syntax"
             raise ParseError(f"invalid syntax: {message}", line, col, self._raw(line)) from None
         except (ValueError, RecursionError, MemoryError, OverflowError) as e:
@@ -194,11 +206,14 @@ def _suggest(name: str, candidates: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _node_text(node: ast.AST) -> str:
+def _node_text(node: ast.AST, source: str | None = None) -> str:
+    """The node as written (its source segment), shortened for messages."""
     try:
-        text = ast.unparse(node)
+        text = ast.get_source_segment(source, node) if source is not None else None
+        text = text if text is not None else ast.unparse(node)
     except Exception:
         text = type(node).__name__
+    text = " ".join(text.split())
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -293,6 +308,9 @@ class _Parser:
     def error(self, node: ast.AST | None, message: str) -> ParseError:
         return self.src.error(node, message)
 
+    def node_text(self, node: ast.AST) -> str:
+        return _node_text(node, self.src.text)
+
     def fresh(self, kind: str, name: str) -> str:
         """The IR name of a definition: as written, or by position in canonical mode."""
         if not self.canonical:
@@ -309,7 +327,7 @@ class _Parser:
         stmts = tree.body
         if len(stmts) == 1 and isinstance(stmts[0], ast.ClassDef):
             cls = stmts[0]
-            if [_node_text(d) for d in cls.decorator_list] != ["module"]:
+            if [self.node_text(d) for d in cls.decorator_list] != ["module"]:
                 raise self.error(cls, "expected the decorator @module on the class")
             if cls.bases or cls.keywords:
                 raise self.error(cls, "a @module class takes no base classes")
@@ -373,7 +391,7 @@ class _Parser:
                     pure = kw.value.value
                 return "function", pure
         raise self.error(
-            deco, f"expected @function, @function(pure=False) or @prim_func, found @{_node_text(deco)}"
+            deco, f"expected @function, @function(pure=False) or @prim_func, found @{self.node_text(deco)}"
         )
 
     @_located
@@ -474,23 +492,25 @@ class _Parser:
                 try:
                     return _SYM_BINOPS[type(op)](a, b)
                 except ZeroDivisionError:
-                    raise self.error(node, f"division by zero in {_node_text(node)}") from None
+                    raise self.error(node, f"division by zero in {self.node_text(node)}") from None
             case ast.UnaryOp(ast.USub(), operand):
                 return S.mul(self.sym(operand, define), -1)
             case ast.Call(func=ast.Name(id="min" | "max" as fn), args=args, keywords=[]) if len(args) >= 2:
                 values = [self.sym(a, define) for a in args]
                 combine = S.minimum if fn == "min" else S.maximum
                 return functools.reduce(combine, values)
-        raise self.error(node, f"expected {EXPECT_SYM}, found {_node_text(node)}")
+        raise self.error(node, f"expected {EXPECT_SYM}, found {self.node_text(node)}")
 
     def dims(self, node: ast.AST, define: bool) -> tuple[PrimExpr, ...]:
         if not isinstance(node, ast.Tuple):
-            raise self.error(node, f"expected a shape tuple like (n, 4) or (n,), found {_node_text(node)}")
+            raise self.error(
+                node, f"expected a shape tuple like (n, 4) or (n,), found {self.node_text(node)}"
+            )
         return tuple(self.sym(e, define) for e in node.elts)
 
     def dtype(self, node: ast.AST) -> str:
         if not _is_str(node):
-            raise self.error(node, f'expected a dtype string such as "float32", found {_node_text(node)}')
+            raise self.error(node, f'expected a dtype string such as "float32", found {self.node_text(node)}')
         if node.value not in DTYPES:
             raise self.error(node, f"unknown dtype {node.value!r}; expected one of {', '.join(DTYPES)}")
         return node.value
@@ -506,7 +526,7 @@ class _Parser:
             k = args[0].value
             if not isinstance(k, int) or isinstance(k, bool) or k < 0:
                 raise self.error(
-                    args[0], f"expected a non-negative integer rank, found {_node_text(args[0])}"
+                    args[0], f"expected a non-negative integer rank, found {self.node_text(args[0])}"
                 )
             return None, k
         dims = self.dims(node, define)
@@ -524,7 +544,7 @@ class _Parser:
                 return SI.ShapeInfo()
             case ast.Subscript(value=ast.Name(id=head), slice=sl) if head in INFO_HEADS:
                 return self.info_subscript(head, sl, define)
-        raise self.error(node, f"expected {EXPECT_INFO}; found {_node_text(node)}")
+        raise self.error(node, f"expected {EXPECT_INFO}; found {self.node_text(node)}")
 
     def info_subscript(self, head: str, sl: ast.AST, define: bool) -> StructInfo:
         elts = sl.elts if isinstance(sl, ast.Tuple) else [sl]
@@ -757,7 +777,9 @@ class _Parser:
             case ast.With():
                 raise self.error(st, "blocks do not nest; close this block first")
             case _:
-                raise self.error(st, f"expected a binding `name: StructInfo = value`, found {_node_text(st)}")
+                raise self.error(
+                    st, f"expected a binding `name: StructInfo = value`, found {self.node_text(st)}"
+                )
         is_dataflow = dataflow and name not in outputs
         if _call_name(value) == "match_cast":
             source, info = self.match_cast(value)
@@ -866,10 +888,20 @@ class _Parser:
                     raise self.error(
                         node, f"{name} takes {len(sig.params or ())} argument(s), got {len(value.args)}"
                     )
+                infos = [info_of(a) for a in value.args]
                 mapping: dict[str, PrimExpr] = {}
-                for p, a in zip(sig.params, value.args):
-                    _bind_symbols(p, info_of(a), mapping)
-                return SI.substitute(sig.ret, mapping)
+                for p, a in zip(sig.params, infos):
+                    _bind_symbols(p, a, mapping)
+                analyzer = self.frame.analyzer
+                for i, (p, a) in enumerate(zip(sig.params, infos)):
+                    p = SI.substitute(p, mapping)
+                    if not (SI.is_base_of(p, a, analyzer) or SI.is_base_of(a, p, analyzer)):
+                        raise self.error(
+                            node, f"argument {i} of {name}: expected {info_to_str(p)}, got {info_to_str(a)}"
+                        )
+                # Callee vars the arguments did not bind have no meaning here.
+                keep = {sym.name for sym in self.all_syms()}
+                return SI.erase(SI.substitute(sig.ret, mapping), keep)
             case Call(op=Var(info=SI.FuncInfo(ret=ret))):
                 return ret
         try:
@@ -933,12 +965,12 @@ class _Parser:
             case ast.Constant(value=int() | float() | bool()) | ast.UnaryOp(operand=ast.Constant()):
                 raise self.error(
                     node,
-                    f'a bare number is not a value; write prim({_node_text(node)}) or const({_node_text(node)}, "dtype")',
+                    f'a bare number is not a value; write prim({self.node_text(node)}) or const({self.node_text(node)}, "dtype")',
                 )
             case ast.Call():
                 return self.call(node)
         raise self.error(
-            node, f"expected a value (a var, a call, a tuple, t[i], const(...)), found {_node_text(node)}"
+            node, f"expected a value (a var, a call, a tuple, t[i], const(...)), found {self.node_text(node)}"
         )
 
     def index_literal(self, node: ast.AST) -> int:
@@ -947,7 +979,7 @@ class _Parser:
                 return i
             case ast.UnaryOp(ast.USub(), ast.Constant(value=int() as i)) if not isinstance(i, bool):
                 return -i
-        raise self.error(node, f"expected an integer tuple index, found {_node_text(node)}")
+        raise self.error(node, f"expected an integer tuple index, found {self.node_text(node)}")
 
     def callee(self, node: ast.AST) -> Expr:
         match node:
@@ -1032,7 +1064,11 @@ class _Parser:
             raise self.error(node.args[1], "bfloat16 constants cannot be written inline")
         literal = self.literal(node.args[0])
         raw_bits: list[tuple[int, int]] = []  # (flat index, bit pattern) of bits(...) elements
-        data = np.array(_replace_bits(literal, raw_bits), dtype=dtype)
+        try:
+            with np.errstate(over="raise", invalid="raise"):
+                data = np.array(_replace_bits(literal, raw_bits), dtype=dtype)
+        except (ValueError, OverflowError, TypeError, FloatingPointError) as e:
+            raise self.error(node.args[0], f"const data does not make a {dtype} array: {e}") from None
         if raw_bits:
             if data.dtype.kind != "f":
                 raise self.error(node.args[0], "bits(...) elements are for float constants")
@@ -1066,7 +1102,7 @@ class _Parser:
                 if isinstance(v, bool) or not 0 <= v < 2**64:
                     raise self.error(node, "expected bits(pattern) with a non-negative bit pattern")
                 return _Bits(v)
-        raise self.error(node, f"expected a number or a nested list of numbers, found {_node_text(node)}")
+        raise self.error(node, f"expected a number or a nested list of numbers, found {self.node_text(node)}")
 
     def builtin_shape(self, node: ast.Call) -> ShapeExpr:
         if node.keywords:
@@ -1209,7 +1245,7 @@ class _Parser:
         raise self.error(
             st,
             "expected a loop-level statement: for, C[i] = v, k = v, if/else, with let(...)/alloc(...)/seq(), "
-            f"barrier(); found {_node_text(st)}",
+            f"barrier(); found {self.node_text(st)}",
         )
 
     def with_stmt(self, st: ast.With, ctx: ast.AST, target: ast.AST | None) -> T.Stmt:
@@ -1317,14 +1353,14 @@ class _Parser:
                 return self.tcall(node, name, args)
             case ast.IfExp():
                 raise self.error(node, "write a conditional value as select(cond, a, b)")
-        raise self.error(node, f"expected a loop-level value, found {_node_text(node)}")
+        raise self.error(node, f"expected a loop-level value, found {self.node_text(node)}")
 
     def tbinary(self, node: ast.AST, op: str, a: T.Value | _Bare, b: T.Value | _Bare) -> T.Value:
         if isinstance(a, PrimExpr) and isinstance(b, PrimExpr) and op in INDEX_OPS:
             try:
                 return _INDEX_ARITH[op](a, b)
             except ZeroDivisionError:
-                raise self.error(node, f"division by zero in {_node_text(node)}") from None
+                raise self.error(node, f"division by zero in {self.node_text(node)}") from None
         return T.Binary(op, *self.resolve_pair(a, b))
 
     def tcall(self, node: ast.Call, name: str, args: list[ast.AST]) -> T.Value:
@@ -1333,10 +1369,13 @@ class _Parser:
                 raise self.error(node, f"expected {form}")
 
         if name in DTYPES:
-            arity(1, f'{name}(literal), a constant of that dtype; convert a value with cast("{name}", v)')
+            form = f'{name}(number), a constant of that dtype; convert a value with cast("{name}", v)'
+            arity(1, form)
+            if isinstance(args[0], (ast.List, ast.Tuple, ast.Name, ast.Subscript, ast.BinOp)):
+                raise self.error(args[0], f"expected {form}")
             lit = self.literal(args[0])
-            if isinstance(lit, list):
-                raise self.error(args[0], f"{name}(...) takes one number")
+            if isinstance(lit, _Bits):
+                raise self.error(args[0], "bits(...) is for elements of float constants")
             return T.Imm(lit, name)
         match name:
             case "cast":

@@ -33,6 +33,11 @@ DTYPES = (
 class StructInfo:
     __slots__ = ()
 
+    def __str__(self) -> str:
+        from llm_deploy.compiler.printer import info_to_str
+
+        return info_to_str(self)
+
 
 @dataclass(frozen=True, slots=True)
 class ObjectInfo(StructInfo):

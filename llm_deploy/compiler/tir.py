@@ -37,6 +37,11 @@ class TExpr:
 
     __slots__ = ()
 
+    def __str__(self) -> str:
+        from llm_deploy.compiler.printer import tir_value_to_str
+
+        return tir_value_to_str(self)
+
     def __add__(self, o):
         return binary("add", self, o)
 
@@ -164,6 +169,11 @@ class Select(TExpr):
 
 class Stmt:
     __slots__ = ()
+
+    def __str__(self) -> str:
+        from llm_deploy.compiler.printer import stmt_to_str
+
+        return stmt_to_str(self)
 
 
 LOOP_KINDS = ("serial", "parallel", "vectorized", "unrolled", "thread")
