@@ -24,6 +24,7 @@ from llm_deploy.compiler.expr import (
 )
 from llm_deploy.compiler.module import IRModule
 from llm_deploy.compiler.parser import parse, parse_struct_info
+from llm_deploy.compiler.passes.legalize import legalize
 from llm_deploy.compiler.printer import attr_to_str, expr_to_str, info_to_str, module_to_str
 from llm_deploy.compiler.struct_info import (
     FuncInfo,
@@ -45,6 +46,20 @@ def test_every_example_module_round_trips(name):
     mod = EXAMPLES[name]()
     parsed = assert_roundtrip(mod, check_wellformed=name not in NOT_WELL_FORMED)
     assert module_to_str(parsed) == module_to_str(mod)
+
+
+@pytest.mark.parametrize("name", sorted(set(EXAMPLES) - NOT_WELL_FORMED))
+def test_every_example_round_trips_after_legalize(name):
+    """Every lowering's PrimFuncs, beside the graph functions that call them."""
+    assert_roundtrip(legalize(EXAMPLES[name]()))
+
+
+def test_partly_legalized_decoder_layer_round_trips():
+    mod = legalize(EXAMPLES["decoder_layer"](), ops=["add", "linear", "rope"])
+    text = str(mod)
+    assert "call_tir(linear, (h, wq)" in text and "= attention(q_rot, k_rot, v" in text
+    assert "def rope(" in text and 'offset: Prim["int64"]' in text
+    assert_roundtrip(mod)
 
 
 def test_a_small_module_prints_exactly_like_this():
