@@ -260,3 +260,63 @@ def test_any_attribute_values_round_trip_through_a_call(attrs):
 def test_non_finite_attribute_floats():
     assert attr_to_str(float("inf")) == 'float("inf")'
     assert attr_to_str((float("-inf"), -0.0, 1e-300)) == '(float("-inf"), -0.0, 1e-300)'
+
+
+dims = st.lists(sym_exprs, max_size=3).map(tuple)
+dtypes = st.sampled_from(["float32", "float16", "int64", "bool", None])
+struct_infos = st.recursive(
+    st.one_of(
+        st.just(ObjectInfo()),
+        st.builds(TensorInfo, st.one_of(st.none(), dims), dtypes, st.integers(-1, 3)),
+        st.builds(ShapeInfo, st.one_of(st.none(), dims), st.integers(-1, 3)),
+        st.builds(PrimInfo, st.sampled_from(["int64", "int32", "float32"]), st.one_of(st.none(), sym_exprs)),
+    ),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3).map(lambda fs: TupleInfo(tuple(fs))),
+        st.builds(
+            FuncInfo, st.one_of(st.none(), st.lists(children, max_size=2).map(tuple)), children, st.booleans()
+        ),
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(struct_infos)
+def test_any_struct_info_reads_back(info):
+    assert parse_struct_info(info_to_str(info)) == info, info_to_str(info)
+
+
+_A = T.Buffer("A", (8,), "float32")
+_Q = T.Buffer("Q", (8,), "int32")
+_i = S.var("i")
+_leaves = st.one_of(
+    st.just(_A[_i]),
+    st.just(_Q[_i]),
+    st.floats(allow_nan=False).map(lambda v: T.Imm(v, "float32")),
+    st.integers(-5, 5).map(lambda v: T.Imm(v, "int32")),
+    st.booleans().map(lambda v: T.Imm(v, "bool")),
+    st.integers(-3, 3).map(S.const),
+    st.just(_i),
+    st.just(_i * 2 - 1),
+    st.just(S.floordiv(_i, 3)),
+)
+tir_values = st.recursive(
+    _leaves,
+    lambda children: st.one_of(
+        st.builds(T.Binary, st.sampled_from(sorted(T.BINARY_OPS)), children, children),
+        st.builds(lambda name, a: T.Intrin(name, (a,)), st.sampled_from(sorted(T.INTRINSICS)), children),
+        st.builds(T.Cast, st.sampled_from(["float16", "int64", "bool"]), children),
+        st.builds(T.Select, children, children, children),
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(tir_values)
+def test_any_loop_level_value_reads_back_with_its_structure(value):
+    """Precedence and parentheses: the printed operators parse into the same tree."""
+    func = T.PrimFunc((_A, _Q), T.For(_i, 8, T.Store(_A, (_i,), value)))
+    mod = IRModule({"main": func})
+    assert parse(module_to_str(mod)) == mod, str(func)
