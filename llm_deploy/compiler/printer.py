@@ -26,6 +26,8 @@ last line of both branches assigns; op attributes are keyword arguments and stru
 cannot deduce is `out_sinfo=` (`call_tir(add, (x, y), shape(n), out_sinfo=Tensor[...])`);
 `const([[1.0, 2.0]], "float32")`, `prim(n)`, `shape(n, 4)`, `extern("name")`, `"a string"`;
 function attributes are an `attrs(...)` statement; impure functions are `@function(pure=False)`.
+Bindings outside dataflow blocks form one block per run; `with block():` marks a block that
+directly follows another (or is empty), so every block structure reads back as it was.
 
 Names: a bare callee resolves to a builtin form, then a local var, then a graph function of the
 module, then a registered op; a bare argument to a local var, then a module function, then an
@@ -38,12 +40,15 @@ as k:` and `with alloc(...) as acc:` forms scope them explicitly where the block
 them), `if`/`else`, `barrier()`, `cast("float16", v)`, `select(c, a, b)`, intrinsics `exp(v)`.
 Constants carry their dtype, `float32(0.5)`; a bare integer is an index (int64) expression. An
 operation on two index expressions that the canonical index arithmetic would fold is written
-`binary("add", i, 1)`.
+`binary("add", i, 1)`. Sequences that the block syntax would flatten (nested, single, empty)
+print as `with seq():` and `pass`.
 
 Floats print as the shortest decimal that reads back to the same bits in their dtype (Python's
 repr for float64 values, numpy's shortest repr checked by reading it back for narrower dtypes);
 non-finite values print as `float("inf")`, `float("-inf")`, `float("nan")`, and an element of a
-constant that is a NaN with a sign or payload as its bit pattern, `bits(0x7e01)`.
+constant that is a NaN with a sign or payload as its bit pattern, `bits(0x7e01)`. (A NaN in an
+attribute or a loop-level constant prints and parses, but NaN != NaN, so such a module never
+compares equal, not even to a copy of itself.)
 """
 
 from __future__ import annotations
