@@ -1,0 +1,187 @@
+"""Our prefill/decode speed beside transformers and llama.cpp on the same model, in one run.
+
+    python bench/peers.py                       # default model: our artifact vs both peers
+    python bench/peers.py --artifact dist/x --prompt-len 128 --gen-len 128 --runs 3 --threads 2
+
+Each figure is the median of `--runs` runs; the peers' runs are interleaved with ours so that a
+noisy neighbour hurts all of them alike. Every run is a fresh process (peak RSS is per process).
+llama.cpp comes from llama-cpp-python, installed on demand (it builds from source: ~16 min on 2
+cores; a wheel cached in ~/.cache/llm_deploy/wheels is reused). Never part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+WHEELS = Path.home() / ".cache" / "llm_deploy" / "wheels"
+
+# Each peer script prints one JSON line: prefill_tps, decode_tps, ttft_s, peak_rss_mb, load_s.
+TRANSFORMERS = textwrap.dedent(
+    """
+    import json, resource, sys, time
+    import numpy as np, torch
+    from transformers import AutoModelForCausalLM
+    gguf, prompt_len, gen_len, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    torch.set_num_threads(threads)
+    t = time.perf_counter()
+    folder, name = gguf.rsplit("/", 1)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    load = time.perf_counter() - t
+    ids = torch.tensor([np.random.default_rng(0).integers(100, model.config.vocab_size, prompt_len).tolist()])
+    with torch.no_grad():
+        t = time.perf_counter()
+        out = model(ids, use_cache=True)
+        ttft = time.perf_counter() - t
+        past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        t = time.perf_counter()
+        for _ in range(gen_len):
+            out = model(nxt, past_key_values=past, use_cache=True)
+            past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        decode = time.perf_counter() - t
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"prefill_tps": prompt_len / ttft, "decode_tps": gen_len / decode, "ttft_s": ttft,
+                      "peak_rss_mb": rss, "load_s": load}))
+    """
+)
+
+LLAMA_CPP = textwrap.dedent(
+    """
+    import json, resource, sys, time
+    import numpy as np
+    from llama_cpp import Llama
+    gguf, prompt_len, gen_len, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    t = time.perf_counter()
+    llm = Llama(model_path=gguf, n_ctx=prompt_len + gen_len + 8, n_threads=threads, n_threads_batch=threads,
+                n_batch=prompt_len, verbose=False)
+    load = time.perf_counter() - t
+    ids = np.random.default_rng(0).integers(100, llm.n_vocab(), prompt_len).tolist()
+    t = time.perf_counter()
+    llm.eval(ids)
+    ttft = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(gen_len):
+        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        llm.eval([nxt])
+    decode = time.perf_counter() - t
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"prefill_tps": prompt_len / ttft, "decode_tps": gen_len / decode, "ttft_s": ttft,
+                      "peak_rss_mb": rss, "load_s": load}))
+    """
+)
+
+OURS = textwrap.dedent(
+    """
+    import json, sys, time
+    t = time.perf_counter()
+    from llm_deploy.runtime.artifact import load_artifact
+    from llm_deploy.runtime.model_runner import ModelRunner
+    from llm_deploy.serve.bench import run_bench
+    folder, prompt_len, gen_len, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    runner = ModelRunner(load_artifact(folder, num_threads=threads))
+    load = time.perf_counter() - t
+    result = run_bench(runner, prompt_len, gen_len, runs=1)
+    print(json.dumps({**result, "load_s": load}))
+    """
+)
+
+
+def ensure_llama_cpp() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+
+        return True
+    except ImportError:
+        pass
+    print(
+        "installing llama-cpp-python (builds from source the first time: ~16 min on 2 cores)...",
+        file=sys.stderr,
+    )
+    WHEELS.mkdir(parents=True, exist_ok=True)
+    if not any(WHEELS.glob("llama_cpp_python-*.whl")):
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "llama-cpp-python", "-w", str(WHEELS)],
+            check=True,
+        )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--find-links",
+            str(WHEELS),
+            "llama-cpp-python",
+            "diskcache",
+            "jinja2",
+        ],
+        check=True,
+    )
+    return True
+
+
+def run_script(script: str, *args: object) -> dict:
+    proc = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--artifact", help="our artifact (default: build the default model, cached)")
+    parser.add_argument("--gguf", help="the GGUF the peers load (default: the default model's)")
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--gen-len", type=int, default=128)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--peers", default="llama.cpp,transformers")
+    args = parser.parse_args()
+
+    from llm_deploy.build import ensure_artifact
+    from llm_deploy.models import MODELS
+
+    artifact = args.artifact or str(ensure_artifact("llama"))
+    gguf = args.gguf or str(MODELS["llama"].gguf_path())
+    peers = [p for p in args.peers.split(",") if p]
+    scripts = {"ours": (OURS, artifact)}
+    if "llama.cpp" in peers and ensure_llama_cpp():
+        scripts["llama.cpp"] = (LLAMA_CPP, gguf)
+    if "transformers" in peers:
+        scripts["transformers"] = (TRANSFORMERS, gguf)
+
+    results: dict[str, list[dict]] = {name: [] for name in scripts}
+    for r in range(args.runs):
+        for name, (script, path) in scripts.items():
+            results[name].append(run_script(script, path, args.prompt_len, args.gen_len, args.threads))
+            print(f"run {r + 1}/{args.runs} {name}: {results[name][-1]}", file=sys.stderr)
+
+    keys = ["decode_tps", "prefill_tps", "ttft_s", "peak_rss_mb", "load_s"]
+    median = {
+        name: {k: statistics.median(run[k] for run in runs) for k in keys} for name, runs in results.items()
+    }
+    print(
+        f"\nprompt {args.prompt_len} tokens, {args.gen_len} generated, {args.threads} threads, median of {args.runs}"
+    )
+    print(f"{'':14}" + "".join(f"{k:>14}" for k in keys))
+    for name, m in median.items():
+        print(f"{name:14}" + "".join(f"{m[k]:>14.2f}" for k in keys))
+    for peer in median:
+        if peer == "ours":
+            continue
+        ratios = {k: median["ours"][k] / median[peer][k] for k in keys}
+        print(f"ours/{peer:9}" + "".join(f"{ratios[k]:>13.2f}x" for k in keys))
+    print(json.dumps({"median": median}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
