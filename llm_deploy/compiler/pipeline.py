@@ -14,13 +14,14 @@ from llm_deploy.compiler import tir
 from llm_deploy.compiler.module import IRModule
 from llm_deploy.compiler.passes.kv_cache import bind_kv_cache
 from llm_deploy.compiler.passes.legalize import legalize
+from llm_deploy.compiler.passes.schedule import default_schedule
 from llm_deploy.compiler.vm_codegen import lower_to_vm
 from llm_deploy.runtime.executable import Executable
 
 Pass = Callable[[IRModule], IRModule]
 
 PIPELINES: dict[str, list[Pass]] = {
-    "default": [bind_kv_cache, legalize],
+    "default": [bind_kv_cache, legalize, default_schedule],
 }
 
 

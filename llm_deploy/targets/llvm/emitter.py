@@ -268,6 +268,8 @@ class FunctionEmitter:
             if extent.value <= 0:
                 return
             lanes = min(lanes, extent.value)
+            if lanes == 1:  # one iteration: nothing to run side by side
+                return self.serial(loop.var.name, ir.Constant(I64, 0), ir.Constant(I64, 1), loop.body)
         elif not self.analyzer.can_prove_nonneg(extent):
             extent = S.maximum(extent, 0)  # a negative count would make the tail run backwards
         groups, tail_start = extent // lanes, (extent // lanes) * lanes
@@ -491,8 +493,7 @@ class FunctionEmitter:
         cond = self.cond(c)
         has_load = any(isinstance(x, T.Load) for side in (a, b) for x in V.walk_values(side))
         if not has_load:
-            x, y = self.same_lanes(self.value(a), self.value_as(b, d))
-            cond = self.broadcast(cond, lanes_of(x)) if lanes_of(x) > 1 else cond
+            x, y, cond = self.same_lanes(self.value(a), self.value_as(b, d), cond)
             return self.b.select(cond, x, y)
         if lanes_of(cond) > 1:
             # Lanes read memory only where their side is selected (a guard like `i < n` may
