@@ -46,3 +46,9 @@ def _call_extern(ctx: OpContext, callee: ExternFunc, args: tuple) -> Any:
 
 register_impl("call_extern", context=True)(_call_extern)
 register_impl("call_extern_pure", context=True)(_call_extern)
+
+
+@register_impl("call_extern_value", context=True)
+def _call_extern_value(ctx: OpContext, callee: ExternFunc, args: tuple) -> Any:
+    """Not DPS: the extern returns its value (the match_cast after it checks it)."""
+    return get_extern(callee.name).fn(*args)

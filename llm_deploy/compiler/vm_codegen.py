@@ -116,6 +116,9 @@ class _FunctionLowering:
                 ins, outs = self.dps_operands(args, out_info, dst, out)
                 out.append({"op": "call_extern", "name": callee.name, "args": ins, "outs": outs})
                 self.pack_outputs(dst, outs, out_info, out)
+            case Call(op=Op("call_extern_value"), args=(ExternFunc(name), Tuple(fields))):
+                args = [self.operand(a, out) for a in fields]
+                out.append({"op": "call_extern_value", "name": name, "args": args, "dst": dst})
             case Call(op=GlobalVar(callee), args=args):
                 out.append(
                     {"op": "call", "func": callee, "args": [self.operand(a, out) for a in args], "dst": dst}

@@ -4,6 +4,12 @@ The model calls them with `call_extern("kv_cache.attention", (cache, q, k, v, la
 the VM and the interpreter look them up in KV_EXTERNS (this package imports nothing of the compiler,
 so artifacts run without it). The attention implementation is the numpy reference; compiled kernels
 replace it per target.
+
+The compiled kernels (kv_cache/kernels.py) read the cache's own arrays, handed to them as VM values
+by two *value* externs, called `fn(*inputs) -> value` (`call_extern_value`), not in DPS: their
+results are arrays the cache already holds, of sizes only the cache knows (pages, batch size).
+    kv_cache.step_arrays(cache)        -> the current step's arrays named in STEP_ARRAYS, in order
+    kv_cache.layer_pools(cache, layer) -> (k_pool, v_pool) of that layer
 """
 
 from __future__ import annotations
@@ -62,7 +68,31 @@ def kv_attention(
     )
 
 
-KV_EXTERNS: dict[str, Callable[..., None]] = {
+# What `kv_cache.step_arrays` returns, in order (the compiler's pass reads the same tuple):
+# positions (n,) int32, append_slots (n,) int64, token_seq (n,) int32, page_indptr (b+1,) int32,
+# page_indices (total,) int32. See ForwardStep.
+STEP_ARRAYS = ("positions", "append_slots", "token_seq", "page_indptr", "page_indices")
+
+
+def kv_step_arrays(cache: PagedKVCache) -> tuple[np.ndarray, ...]:
+    """The current step's arrays named in STEP_ARRAYS (the cache's own, not copies)."""
+    step = cache.step
+    return tuple(getattr(step, name) for name in STEP_ARRAYS)
+
+
+def kv_layer_pools(cache: PagedKVCache, layer: int) -> tuple[np.ndarray, np.ndarray]:
+    """(k_pool, v_pool) of `layer`, each (num_pages, page_size, num_kv_heads, head_dim)."""
+    layer = int(layer)
+    if not 0 <= layer < cache.num_layers:
+        raise ValueError(
+            f"kv_cache.layer_pools: layer {layer} out of range for a {cache.num_layers}-layer cache"
+        )
+    return cache.k_pools[layer], cache.v_pools[layer]
+
+
+KV_EXTERNS: dict[str, Callable[..., object]] = {
     "kv_cache.positions": kv_positions,
     "kv_cache.attention": kv_attention,
+    "kv_cache.step_arrays": kv_step_arrays,
+    "kv_cache.layer_pools": kv_layer_pools,
 }

@@ -32,6 +32,9 @@ class ForwardStep:
     seq_lens            (b,)   int32  length of each sequence after the append (keys to attend).
     last_token_indices  (b,)   int32  index in the flat batch of each sequence's last new token
                                       (= qo_indptr[1:] - 1): the rows whose logits are sampled.
+    token_seq           (n,)   int32  index in the batch of each new token's sequence (the inverse
+                                      of qo_indptr), so a kernel parallel over tokens finds its
+                                      sequence's page table without a search.
     """
 
     seq_ids: tuple[int, ...]
@@ -43,6 +46,7 @@ class ForwardStep:
     page_indices: np.ndarray
     seq_lens: np.ndarray
     last_token_indices: np.ndarray
+    token_seq: np.ndarray
 
     @property
     def num_tokens(self) -> int:
@@ -80,4 +84,5 @@ def build_step(
         page_indices=flat_tables.astype(np.int32),
         seq_lens=(old + lens).astype(np.int32),
         last_token_indices=(qo_indptr[1:] - 1).astype(np.int32),
+        token_seq=owner.astype(np.int32),
     )

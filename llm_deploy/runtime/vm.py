@@ -213,6 +213,20 @@ class VirtualMachine:
 
         return step
 
+    def _op_call_extern_value(self, ins, fname) -> Step:
+        """dst = fn(*args): an extern that returns its result (not DPS), e.g. arrays it owns."""
+        name, args, dst = ins["name"], list(ins["args"]), ins["dst"]
+        externs = self.externs
+
+        def step(regs: Regs, env: Env) -> None:
+            try:
+                fn = externs[name]
+            except KeyError:
+                raise VMError(f"{fname}: extern function {name!r} is not registered") from None
+            regs[dst] = fn(*[regs[a] for a in args])
+
+        return step
+
     def _op_call(self, ins, fname) -> Step:
         callee, args, dst = ins["func"], list(ins["args"]), ins["dst"]
         functions = self._functions

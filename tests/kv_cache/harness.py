@@ -3,6 +3,7 @@ plain arrays, and attention computed from that history head by head, never throu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +32,8 @@ class Harness:
     num_heads: int
     rng: np.random.Generator
     history: dict[int, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)  # per layer
+    # attention(cache, q, k, v, layer, out): the extern, or a compiled kernel over the same arrays
+    attention: Callable[..., None] = KV_EXTERNS["kv_cache.attention"]
 
     def _empty(self) -> list[tuple[np.ndarray, np.ndarray]]:
         c = self.cache
@@ -73,7 +76,7 @@ class Harness:
             k = rng.standard_normal((n, c.num_kv_heads, c.head_dim)).astype(np.float32)
             v = rng.standard_normal((n, c.num_kv_heads, c.head_dim)).astype(np.float32)
             out = np.full(q.shape, np.nan, np.float32)
-            KV_EXTERNS["kv_cache.attention"](c, q, k, v, layer, out)
+            self.attention(c, q, k, v, layer, out)
             # what the pool holds is the K/V rounded to its dtype: the oracle keeps the same values
             k, v = k.astype(c.dtype).astype(np.float32), v.astype(c.dtype).astype(np.float32)
             starts = np.concatenate([[0], np.cumsum(lens)])  # the flat batch in batch order

@@ -28,6 +28,10 @@ register_op("call_tir")(_infer_dps)
 register_op("call_extern", pure=False)(_infer_dps)
 # A library call known to be pure may live inside dataflow blocks.
 register_op("call_extern_pure")(_infer_dps)
+# Not DPS: `fn(*args)` returns the value (a tensor or tuple of tensors the library already
+# holds, e.g. the KV cache's pools), of sizes the caller cannot know; `out_info` says what it is,
+# usually with unknown dims that a match_cast then names. Reads only, so pure.
+register_op("call_extern_value")(_infer_dps)
 
 
 def call_tir(
@@ -37,6 +41,10 @@ def call_tir(
     if shape_args:
         operands.append(ShapeExpr(tuple(shape_args)))
     return Call(Op("call_tir"), tuple(operands), sinfo_args=(out_info,))
+
+
+def call_extern_value(name: str, args: Sequence[Expr], out_info: StructInfo) -> Call:
+    return Call(Op("call_extern_value"), (ExternFunc(name), Tuple(tuple(args))), sinfo_args=(out_info,))
 
 
 def call_extern(name: str, args: Sequence[Expr], out_info: StructInfo, pure: bool = False) -> Call:
