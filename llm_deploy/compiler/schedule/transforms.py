@@ -276,7 +276,8 @@ def rfactor(f: T.PrimFunc, loop: str, lanes: int) -> T.PrimFunc:
         [for i...:] for r in vectorized(lanes): accv[idx, r] = identity
         for k_o in K // lanes: [for i...:] for k_v in vectorized(lanes): accv[idx, k_v] op= v(k_o * lanes + k_v)
         for k_t in K % lanes: [for i...:] accv[idx, k_t] op= v(K // lanes * lanes + k_t)
-        [for i...:] for r in unrolled(lanes): acc[idx] = acc[idx] op accv[idx, r]
+        [for i...:] lanes folded in halves (accv[idx, r] op= accv[idx, r + w], w = lanes/2 .. 1),
+                    then acc[idx] = acc[idx] op accv[idx, 0]   (lanes a power of 2; else one by one)
 
     The loops between k and the update (a register block) must be independent, so that each
     acc element is one lane group's. The lanes run as one vector register: a float sum is
@@ -345,8 +346,20 @@ def rfactor(f: T.PrimFunc, loop: str, lanes: int) -> T.PrimFunc:
         parts.append(T.For(ko, groups, wrap(vec, False)))
     if rest != S.IntImm(0):
         parts.append(T.For(kt, rest, wrap(lane_update(kt, start + kt), True)))
-    fold = T.Store(acc, idx, T.Binary(op, T.Load(acc, idx), T.Load(accv, (*idx, rr))))
-    parts.append(wrap(T.For(rr, lanes, fold, "unrolled"), True))
+    if lanes & (lanes - 1) == 0:
+        # halve the lanes: a vector op per step instead of a scalar op per lane
+        width = lanes // 2
+        while width >= 1:
+            r = SymVar(fresh(f"{x}_h{width}", taken))
+            pair = T.Binary(op, T.Load(accv, (*idx, r)), T.Load(accv, (*idx, r + width)))
+            parts.append(wrap(T.For(r, width, T.Store(accv, (*idx, r), pair), "vectorized"), True))
+            width //= 2
+        parts.append(
+            wrap(T.Store(acc, idx, T.Binary(op, T.Load(acc, idx), T.Load(accv, (*idx, S.IntImm(0))))), True)
+        )
+    else:
+        fold = T.Store(acc, idx, T.Binary(op, T.Load(acc, idx), T.Load(accv, (*idx, rr))))
+        parts.append(wrap(T.For(rr, lanes, fold, "unrolled"), True))
     new = T.Allocate(accv, T.seq(*parts))
     return replace_loop(f, loop, lambda _: new)
 

@@ -234,8 +234,13 @@ def main(A: Buffer[(n, 20), "float32"], B: Buffer[(n,), "float32"]):
                     acc_v[0, k_v] = acc_v[0, k_v] + A[i, 8 * k_o + k_v]
             for k_t in range(4):
                 acc_v[0, k_t] = acc_v[0, k_t] + A[i, 16 + k_t]
-            for k_r in unrolled(8):
-                acc[0] = acc[0] + acc_v[0, k_r]
+            for k_h4 in vectorized(4):
+                acc_v[0, k_h4] = acc_v[0, k_h4] + acc_v[0, k_h4 + 4]
+            for k_h2 in vectorized(2):
+                acc_v[0, k_h2] = acc_v[0, k_h2] + acc_v[0, k_h2 + 2]
+            for k_h1 in vectorized(1):
+                acc_v[0, k_h1] = acc_v[0, k_h1] + acc_v[0, k_h1 + 1]
+            acc[0] = acc[0] + acc_v[0, 0]
         B[i] = acc[0]
 """)  # fmt: skip
 
