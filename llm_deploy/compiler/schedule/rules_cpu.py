@@ -1,7 +1,8 @@
 """Default CPU schedules: a rule per kind of loop nest (analysis.py), written as loop transforms.
 
 - injective: the innermost loop vectorized when the output is stride-1 in it, the loops around
-  it fused into one parallel loop (a lone loop is cut into parallel chunks of vectors).
+  it fused into one parallel loop (a lone loop is cut into parallel chunks of vectors); costly
+  values that a middle loop does not change are computed once outside it (cache_invariant).
 - row reduction: the reduction accumulated in vector lanes (rfactor) when its reads are
   stride-1 along it, rows in parallel.
 - matmul / matvec, `X[i, k] * W[j, k]` (weights [out, in]): parallel over chunks of W's rows,
@@ -26,6 +27,7 @@ from llm_deploy.compiler.schedule.ir import (
     ScheduleError,
     find_loop,
     loop_path,
+    loops,
     perfect_nest,
     unique_names,
     walk,
@@ -70,6 +72,20 @@ def schedule_cpu(f: T.PrimFunc, target: CPUTarget | None = None) -> T.PrimFunc:
 
 def injective(f: T.PrimFunc, nest: Nest, t: CPUTarget) -> T.PrimFunc:
     names = list(nest.spatial)
+    for depth in range(1, len(names) - 1):
+        # costly values independent of a middle loop (rope's cos/sin of every head) are
+        # computed once per iteration of the loops outside it
+        try:
+            cached = tr.cache_invariant(f, names[depth])
+        except ScheduleError:
+            continue
+        new = [lp for lp in loops(cached.body) if lp.var.name not in _loop_names(f)]
+        for lp in new:
+            if isinstance(lp.body, T.Store):
+                cached = tr.vectorize(cached, lp.var.name)
+        if nest.contiguous and _long_enough(nest.extents[-1], 2):
+            cached = tr.vectorize(cached, names[-1])
+        return _parallel_outer(cached, names[:depth], _const_product(nest.extents[depth:]), t)
     inner = names[-1]
     vector = nest.contiguous and not _allocates(find_loop(f, inner)) and _long_enough(nest.extents[-1], 2)
     if vector:
@@ -268,6 +284,10 @@ def _acc_dtype(f: T.PrimFunc, acc: str) -> str:
         if isinstance(s, T.Allocate) and s.buffer.name == acc:
             return s.buffer.dtype
     return "float32"
+
+
+def _loop_names(f: T.PrimFunc) -> set[str]:
+    return {lp.var.name for lp in loops(f.body)}
 
 
 def _allocates(s: T.Stmt) -> bool:

@@ -275,6 +275,30 @@ def test_rfactor_of_a_register_block():
         tr.rfactor(f, "k", 1)
 
 
+def test_cache_invariant_computes_costly_values_once_per_outer_iteration():
+    f = p("""
+@prim_func
+def main(A: Buffer[(n, 3, 8), "float32"], pos: Buffer[(n,), "int32"], F: Buffer[(4,), "float32"], Out: Buffer[(n, 3, 8), "float32"]):
+    for i in range(n):
+        for h in range(3):
+            for d in range(8):
+                Out[i, h, d] = A[i, h, d] * cos(cast("float32", pos[i]) * F[d % 4]) + exp(A[i, h, d])
+""")  # fmt: skip
+    check(f, tr.cache_invariant(f, "h"), """
+@prim_func
+def main(A: Buffer[(n, 3, 8), "float32"], pos: Buffer[(n,), "int32"], F: Buffer[(4,), "float32"], Out: Buffer[(n, 3, 8), "float32"]):
+    for i in range(n):
+        h_c = alloc((8,), "float32", "local")
+        for d_1 in range(8):
+            h_c[d_1] = cos(cast("float32", pos[i]) * F[d_1 % 4])
+        for h in range(3):
+            for d in range(8):
+                Out[i, h, d] = A[i, h, d] * h_c[d] + exp(A[i, h, d])
+""", gens={"pos": lambda rng, shape, dtype: rng.integers(0, 50, shape).astype(dtype)})  # fmt: skip
+    with pytest.raises(ScheduleError, match="no costly value"):
+        tr.cache_invariant(f, "d")
+
+
 def test_kinds_and_their_legality():
     f = p(ROWSUM)
     g = tr.parallel(f, "i")
@@ -339,7 +363,7 @@ COMPILED = {
     "reorder": (EW, lambda f: tr.vectorize(tr.reorder(f, "j", "i"), "i")),
     "rfactor": (ROWSUM, lambda f: tr.parallel(tr.rfactor(f, "k", 8), "i")),
     "rfactor_block": (LINEAR, lambda f: _gemm_block(f)),
-    "bind_free": (EW, lambda f: tr.unroll(f, "j")),
+    "unroll": (EW, lambda f: tr.unroll(f, "j")),
 }
 
 
