@@ -38,6 +38,18 @@ class Device:
     def alloc(self, shape: tuple[int, ...], dtype: str) -> Any:
         return np.empty(shape, dtype=dtype)
 
+    def from_host(self, array: Any, persistent: bool = False) -> Any:
+        """`array` where this device's kernels read it (`persistent`: weights and constants, kept)."""
+        return array
+
+    def to_host(self, value: Any) -> Any:
+        """Host (numpy) copies of the device tensors in `value`, a tensor or a tuple."""
+        return value
+
+    def adapt_extern(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """The device's version of a library function (on the CPU, the function itself)."""
+        return fn
+
 
 def _matcher(info: dict, what: str) -> Callable[[Any, Env], None]:
     """Check a runtime value against serialized struct info, binding new symbolic vars."""
@@ -115,9 +127,9 @@ class VirtualMachine:
     ):
         self.program = program
         self.kernels = kernels
-        self.externs = dict(externs or {})
-        self.constants = dict(constants or {})
         self.device = device or Device()
+        self.externs = {k: self.device.adapt_extern(k, fn) for k, fn in (externs or {}).items()}
+        self.constants = {k: self.device.from_host(v, persistent=True) for k, v in (constants or {}).items()}
         self.stats = {"kernel_calls": 0}
         self._functions = {name: self._compile_function(name, f) for name, f in program["functions"].items()}
 

@@ -46,6 +46,13 @@ TARGETS: dict[str, Target] = {
             "llm_deploy.targets.llvm.codegen:LLVMOptions",
             "llm_deploy.targets.llvm.runtime:load",
         ),
+        Target(
+            "webgpu",
+            "GPU: WGSL shaders run through WebGPU (wgpu: Vulkan, Metal, D3D12 or GL; a browser)",
+            "llm_deploy.targets.webgpu.codegen:codegen",
+            "llm_deploy.targets.webgpu.codegen:WebGPUOptions",
+            "llm_deploy.targets.webgpu.runtime:load",
+        ),
     )
 }
 

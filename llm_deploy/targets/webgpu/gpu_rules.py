@@ -1,0 +1,545 @@
+"""Default GPU schedules: every loop nest of a PrimFunc bound to workgroups and threads.
+
+    f = schedule(f, WebGPUOptions())
+
+A program is a host part (scratch allocations, branches on dims) around *stages*, each a nest of
+independent ("spatial") loops over a body. The rule for a stage is chosen from its structure,
+never from the op's name:
+
+- elementwise / injective (and any body the rules below do not fit): the spatial loops are fused
+  and split over workgroups of up to 256 threads, one thread per iteration; the body (inner
+  loops included) runs in that thread.
+- reduction (`acc = init; for k: acc = acc op v; out = f(acc)`, op add/mul/max/min, or the
+  argmax/argmin pair): one workgroup per output; its threads fold strided slices of k into
+  private accumulators, then combine them through workgroup memory in a tree of halving steps
+  separated by barriers. Reductions shorter than 32 fold serially in one thread per output.
+- matrix-vector / matrix-matrix (a sum whose value splits into a part that does not depend on
+  one output dim j and a part that does not depend on another, i: `A[i, k] * B[j, k]`, or a
+  dequantized weight in place of B): a host branch on the rows I. Few rows (decode) take the
+  reduction rule: one workgroup per output, the weight row read once by many threads. More rows
+  (prefill) take a register-tiled matrix-matrix schedule: 64 threads per 32x32 tile of outputs,
+  each thread a 4x4 block, the A and B parts of each k loaded once into registers and reused
+  four times each.
+- a stage with no independent loop runs in one thread.
+
+A loop is independent when marked so (`parallel`, `vectorized`: a kernel author's or a pass's
+promise) or when every access to each buffer it writes indexes one dim by exactly the loop's
+variable. Every scheduled program runs equal to the original when its loops are run one after
+another (the interpreter's semantics): per-thread values live in per-thread slots, each phase of
+a workgroup is a thread loop, barriers sit between phases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from llm_deploy.compiler import shape as S
+from llm_deploy.compiler import tir as T
+from llm_deploy.compiler.shape import PrimExpr, SymVar
+from llm_deploy.targets.webgpu.walk import (
+    free_names,
+    loads,
+    map_loads,
+    stmt_free_names,
+    stores,
+    subst,
+    subst_value,
+    walk,
+    walk_values,
+)
+
+if TYPE_CHECKING:
+    from llm_deploy.targets.webgpu.codegen import WebGPUOptions
+
+SERIAL_REDUCTION = 32  # reductions shorter than this fold in one thread
+GEMV_ROWS = 4  # matrix products with at most this many rows use the reduction rule
+TILE = 4  # outputs per thread along each dim in the matrix-matrix rule
+TILE_THREADS = 8  # threads along each dim of a matrix-matrix workgroup (8x8: 32x32 outputs)
+REDUCE_THREADS_SYMBOLIC = 64  # threads per output when the reduction length is symbolic
+
+
+def schedule(f: T.PrimFunc, options: WebGPUOptions | None = None) -> T.PrimFunc:
+    """`f` with every stage bound to GPU workgroups and threads (see the module doc)."""
+    from llm_deploy.targets.webgpu.codegen import WebGPUOptions
+
+    ctx = _Context(f, options or WebGPUOptions())
+    return T.PrimFunc(f.params, ctx.host(f.body), f.attrs)
+
+
+class _Context:
+    def __init__(self, f: T.PrimFunc, options: WebGPUOptions):
+        self.options = options
+        self.dims: set[str] = {s.name for s in f.scalars}
+        for b in f.buffers:
+            for d in b.shape:
+                self.dims |= S.free_vars(d)
+        self.taken = set(self.dims) | {p.name for p in f.params}
+        for s in walk(f.body):
+            match s:
+                case T.For(var) | T.Let(var):
+                    self.taken.add(var.name)
+                case T.Allocate(buf):
+                    self.taken.add(buf.name)
+        self.analyzer = S.Analyzer()
+        for d in self.dims - {s.name for s in f.scalars}:
+            self.analyzer.bind(d, 0)
+
+    def fresh(self, hint: str) -> str:
+        name, k = hint, 0
+        while name in self.taken:
+            k += 1
+            name = f"{hint}_{k}"
+        self.taken.add(name)
+        return name
+
+    def var(self, hint: str) -> SymVar:
+        return SymVar(self.fresh(hint))
+
+    # -- the host part
+    def host(self, s: T.Stmt) -> T.Stmt:
+        match s:
+            case T.Seq(stmts):
+                return T.seq(*(self.host(x) for x in stmts))
+            case T.Allocate(buf, body) if buf.scope == "global":
+                return T.Allocate(buf, self.host(body))
+            case T.IfThenElse(cond, then_body, else_body) if self.uniform(cond):
+                e = None if else_body is None else self.host(else_body)
+                return T.IfThenElse(cond, self.host(then_body), e)
+            case T.For(_, _, _, "thread", _):
+                return s
+        return self.stage(s)
+
+    def uniform(self, cond: T.Value) -> bool:
+        """Depends on the dims only (the host can evaluate it)."""
+        return not any(isinstance(e, T.Load) for e in walk_values(cond)) and free_names(cond) <= self.dims
+
+    # -- one stage
+    def stage(self, s: T.Stmt) -> T.Stmt:
+        spatial, lets, body = self.nest(s)
+        if not spatial:
+            return self.single_thread(s)
+        red = _match_reduction(body)
+        if red is not None and all(S.free_vars(lp.extent) <= self.dims for lp in red.loops):
+            length = _product([lp.extent for lp in red.loops])
+            n = self.analyzer.upper_bound(length)
+            short = isinstance(length, S.IntImm) and length.value < SERIAL_REDUCTION
+            if not short:
+                mm = self.matmul(spatial, lets, red)
+                if mm is not None:
+                    return mm
+                return self.cross_thread(spatial, lets, red, length, n)
+        return self.elementwise(spatial, _wrap_lets(lets, body))
+
+    def nest(self, s: T.Stmt) -> tuple[list[T.For], list[T.Let], T.Stmt]:
+        """The independent loops at the top of `s` (with the lets between them) and the body."""
+        spatial: list[T.For] = []
+        lets: list[tuple[int, T.Let]] = []  # with the number of loops above each
+        x = s
+        while True:
+            if isinstance(x, T.For) and x.kind != "thread" and S.free_vars(x.extent) <= self.dims:
+                if not _independent(x):
+                    break
+                spatial.append(x)
+                x = x.body
+            elif isinstance(x, T.Let) and spatial:
+                lets.append((len(spatial), x))
+                x = x.body
+            else:
+                break
+        # lets below the last loop belong to the body
+        above = [lt for k, lt in lets if k < len(spatial)]
+        below = [lt for k, lt in lets if k == len(spatial)]
+        return spatial, above, _wrap_lets(below, x)
+
+    # -- rules
+    def single_thread(self, s: T.Stmt) -> T.Stmt:
+        return T.For(
+            self.var("bx"), 1, T.For(self.var("tx"), 1, s, "thread", "threadIdx.x"), "thread", "blockIdx.x"
+        )
+
+    def elementwise(self, spatial: list[T.For], body: T.Stmt) -> T.Stmt:
+        """One thread per iteration of the fused spatial loops."""
+        total = _product([lp.extent for lp in spatial])
+        threads = self.options.max_workgroup_size
+        if isinstance(total, S.IntImm) and total.value < threads:
+            threads = max(32, 1 << (total.value - 1).bit_length())
+        bx, tx = self.var("bx"), self.var("tx")
+        flat = bx * threads + tx
+        inner = subst(body, _decompose(flat, spatial))
+        if not self.analyzer.can_prove_equal(S.floormod(total, threads), 0):
+            inner = T.IfThenElse(T.binary("lt", flat, total), inner)
+        blocks = S.floordiv(total + (threads - 1), threads)
+        return T.For(bx, blocks, T.For(tx, threads, inner, "thread", "threadIdx.x"), "thread", "blockIdx.x")
+
+    def cross_thread(
+        self, spatial: list[T.For], lets: list[T.Let], red: _Reduction, length: PrimExpr, bound: int | None
+    ) -> T.Stmt:
+        """One workgroup per output: strided partial folds, then a tree through shared memory."""
+        cap = self.options.max_workgroup_size
+        if isinstance(length, S.IntImm):
+            threads = min(cap, max(32, 1 << (max(1, length.value // 8) - 1).bit_length()))
+        else:
+            threads = min(cap, REDUCE_THREADS_SYMBOLIC)
+        bx = self.var("bx")
+        outer = _decompose(bx, spatial)
+        shared = {
+            a.name: T.Buffer(self.fresh(f"{a.name}_red"), (threads,), a.dtype, "shared") for a in red.accs
+        }
+
+        def in_thread(body: T.Stmt) -> tuple[SymVar, T.Stmt]:
+            t = self.var("tx")
+            return t, subst(_wrap_lets(lets, body), outer)
+
+        # phase 1: each thread folds k = ko * threads + t
+        t1, ko = self.var("tx"), self.var("ko")
+        kf = ko * threads + t1
+        update = subst(red.update, _decompose(kf, red.loops))
+        if not self.analyzer.can_prove_equal(S.floormod(length, threads), 0):
+            update = T.IfThenElse(T.binary("lt", kf, length), update)
+        fold = T.For(ko, S.floordiv(length + (threads - 1), threads), update)
+        keep = [T.Store(shared[a.name], (t1,), T.Load(a, (S.const(0),))) for a in red.accs]
+        phase1 = _alloc_all(red.accs, T.seq(*red.inits, fold, *keep))
+        phase1 = T.For(t1, threads, subst(_wrap_lets(lets, phase1), outer), "thread", "threadIdx.x")
+
+        # tree: halve the active threads until one value is left
+        steps: list[T.Stmt] = [phase1, T.Barrier()]
+        half = threads // 2
+        while half >= 1:
+            t = self.var("tx")
+            steps.append(T.For(t, half, _combine(red, shared, t, half), "thread", "threadIdx.x"))
+            steps.append(T.Barrier())
+            half //= 2
+
+        # one thread finishes: the accumulators from slot 0, then the original final stores
+        t, last = in_thread(
+            _alloc_all(
+                red.accs,
+                T.seq(
+                    *(T.Store(a, (S.const(0),), T.Load(shared[a.name], (S.const(0),))) for a in red.accs),
+                    *red.finals,
+                ),
+            )
+        )
+        steps.append(T.For(t, 1, last, "thread", "threadIdx.x"))
+        body: T.Stmt = T.seq(*steps)
+        for buf in shared.values():
+            body = T.Allocate(buf, body)
+        return T.For(bx, _product([lp.extent for lp in spatial]), body, "thread", "blockIdx.x")
+
+    def matmul(self, spatial: list[T.For], lets: list[T.Let], red: _Reduction) -> T.Stmt | None:
+        """A host branch: the reduction rule for few rows, register tiles for many."""
+        mm = _match_matmul(spatial, lets, red)
+        if mm is None:
+            return None
+        rows = spatial[mm.i].extent
+        length = _product([lp.extent for lp in red.loops])
+        gemv = self.cross_thread(spatial, lets, red, length, self.analyzer.upper_bound(length))
+        if isinstance(rows, S.IntImm) and rows.value <= GEMV_ROWS:
+            return gemv
+        gemm = self.tiled(spatial, red, mm)
+        if isinstance(rows, S.IntImm):
+            return gemm
+        return T.IfThenElse(T.binary("le", rows, GEMV_ROWS), gemv, gemm)
+
+    def tiled(self, spatial: list[T.For], red: _Reduction, mm: _Matmul) -> T.Stmt:
+        """Each of 64 threads computes a TILE x TILE block of a 32 x 32 tile of outputs."""
+        i_loop, j_loop = spatial[mm.i], spatial[mm.j]
+        rows, cols = i_loop.extent, j_loop.extent
+        side = TILE * TILE_THREADS
+        tiles_i = S.floordiv(rows + (side - 1), side)
+        tiles_j = S.floordiv(cols + (side - 1), side)
+        others = [lp for k, lp in enumerate(spatial) if k not in (mm.i, mm.j)]
+        bx, t = self.var("bx"), self.var("tx")
+        ti, tj = self.var("ti"), self.var("tj")
+        grid = [*others, T.For(ti, tiles_i, T.Seq(())), T.For(tj, tiles_j, T.Seq(()))]
+        outer = _decompose(bx, grid)
+        ri, rj, k = self.var("ri"), self.var("rj"), red.loops[0].var
+        i0 = outer[ti.name] * side + S.floordiv(t, TILE_THREADS) * TILE
+        j0 = outer[tj.name] * side + S.floormod(t, TILE_THREADS) * TILE
+        place = {lp.var.name: outer[lp.var.name] for lp in others}
+        acc = red.accs[0]
+        tile = T.Buffer(self.fresh(f"{acc.name}_tile"), (TILE, TILE), acc.dtype, "local")
+        a_regs = [T.Buffer(self.fresh("a_reg"), (TILE,), T.dtype_of(e), "local") for e in mm.a_side]
+        b_regs = [T.Buffer(self.fresh("b_reg"), (TILE,), T.dtype_of(e), "local") for e in mm.b_side]
+        iv, jv = i_loop.var.name, j_loop.var.name
+
+        def at(r: SymVar, c: SymVar) -> dict[str, PrimExpr]:
+            return {**place, iv: i0 + r, jv: j0 + c}
+
+        def fill(
+            regs: list[T.Buffer], exprs: list[T.Value], var: str, base: PrimExpr, extent: PrimExpr
+        ) -> T.Stmt:
+            """Each side's values for this thread's TILE rows (or columns); zero past the end."""
+            r = self.var("r")
+            where = {**place, var: base + r}
+            values = [T.Store(reg, (r,), subst_value(e, where)) for reg, e in zip(regs, exprs)]
+            zeros = [T.Store(reg, (r,), T.Imm(0, reg.dtype)) for reg in regs]
+            return T.For(
+                r, TILE, T.IfThenElse(T.binary("lt", base + r, extent), T.seq(*values), T.seq(*zeros))
+            )
+
+        def register(e: T.Value) -> T.Value | None:
+            if not (isinstance(e, T.Load) and e.buffer.scope == "marker"):
+                return None
+            q = int(e.buffer.name[1:])
+            return T.Load(a_regs[q], (ri,)) if e.buffer.name[0] == "a" else T.Load(b_regs[q], (rj,))
+
+        value = map_loads(mm.value, register)
+        value = subst_value(value, {**place, iv: i0 + ri, jv: j0 + rj})
+        init_value = red.init_value
+        step = T.seq(
+            fill(a_regs, mm.a_side, iv, i0, rows),
+            fill(b_regs, mm.b_side, jv, j0, cols),
+            T.For(
+                ri,
+                TILE,
+                T.For(rj, TILE, T.Store(tile, (ri, rj), T.binary("add", T.Load(tile, (ri, rj)), value))),
+            ),
+        )
+        ri2, rj2 = self.var("ri"), self.var("rj")
+        finals = subst(T.seq(*red.finals), at(ri2, rj2))
+        finals = _rewrite_acc(finals, acc, tile, (ri2, rj2))
+        inside = T.binary("and", T.binary("lt", i0 + ri2, rows), T.binary("lt", j0 + rj2, cols))
+        ri0, rj0 = self.var("ri"), self.var("rj")
+        body = T.Allocate(
+            tile,
+            T.seq(
+                T.For(ri0, TILE, T.For(rj0, TILE, T.Store(tile, (ri0, rj0), init_value))),
+                T.For(k, red.loops[0].extent, _alloc_all([*a_regs, *b_regs], step)),
+                T.For(ri2, TILE, T.For(rj2, TILE, T.IfThenElse(inside, finals))),
+            ),
+        )
+        blocks = _product([*(lp.extent for lp in others), tiles_i, tiles_j])
+        threads = TILE_THREADS * TILE_THREADS
+        return T.For(bx, blocks, T.For(t, threads, body, "thread", "threadIdx.x"), "thread", "blockIdx.x")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pattern matching
+
+
+@dataclass
+class _Reduction:
+    """`[allocate accs] { inits; for loops: update; finals }` with a recognized fold."""
+
+    accs: list[T.Buffer]
+    inits: list[T.Stmt]
+    loops: list[T.For]
+    update: T.Stmt
+    finals: list[T.Stmt]
+    combine: str  # add | mul | max | min | argmax | argmin
+    value: T.Value | None = None  # the folded value (simple folds)
+    best: T.Buffer | None = None  # argmax/argmin: the best value; accs also holds the index
+
+    @property
+    def init_value(self) -> T.Value:
+        return self.inits[0].value  # type: ignore[attr-defined]
+
+
+def _match_reduction(body: T.Stmt) -> _Reduction | None:
+    accs: list[T.Buffer] = []
+    x = body
+    while isinstance(x, T.Allocate) and x.buffer.scope == "local" and x.buffer.shape == (S.const(1),):
+        accs.append(x.buffer)
+        x = x.body
+    if not accs or not isinstance(x, T.Seq):
+        return None
+    names = {a.name for a in accs}
+    stmts = list(x.stmts)
+    fors = [k for k, s in enumerate(stmts) if isinstance(s, T.For)]
+    if len(fors) != 1:
+        return None
+    k = fors[0]
+    inits, loop, finals = stmts[:k], stmts[k], stmts[k + 1 :]
+    if len(inits) != len(accs) or not all(isinstance(s, T.Store) and s.buffer.name in names for s in inits):
+        return None
+    if any(isinstance(s, T.For) for f in finals for s in walk(f)):
+        return None
+    loops = [loop]
+    while isinstance(loops[-1].body, T.For):
+        loops.append(loops[-1].body)
+    update = loops[-1].body
+    zero = (S.const(0),)
+    if len(accs) == 1:
+        acc = accs[0]
+        if (
+            isinstance(update, T.Store)
+            and update.buffer.name == acc.name
+            and isinstance(update.value, T.Binary)
+        ):
+            v = update.value
+            me = T.Load(acc, zero)
+            if v.op in ("add", "mul", "max", "min") and (v.a == me or v.b == me):
+                other = v.b if v.a == me else v.a
+                if not any(isinstance(e, T.Load) and e.buffer.name == acc.name for e in walk_values(other)):
+                    return _Reduction(accs, inits, loops, update, finals, v.op, other)
+        return None
+    if len(accs) == 2 and isinstance(update, T.IfThenElse) and update.else_body is None:
+        cond, then = update.cond, update.then_body
+        if isinstance(cond, T.Binary) and cond.op in ("gt", "lt") and isinstance(cond.b, T.Load):
+            best = cond.b.buffer
+            idx = next((a for a in accs if a.name != best.name), None)
+            if best.name in names and idx is not None and isinstance(then, T.Seq) and len(then.stmts) == 2:
+                s0, s1 = then.stmts
+                if (
+                    isinstance(s0, T.Store) and s0.buffer.name == best.name and s0.value == cond.a
+                    and isinstance(s1, T.Store) and s1.buffer.name == idx.name
+                ):  # fmt: skip
+                    kind = "argmax" if cond.op == "gt" else "argmin"
+                    return _Reduction(
+                        [idx, best], _order(inits, [idx, best]), loops, update, finals, kind, best=best
+                    )
+    return None
+
+
+def _order(inits: list[T.Stmt], accs: list[T.Buffer]) -> list[T.Stmt]:
+    by = {s.buffer.name: s for s in inits}  # type: ignore[attr-defined]
+    return [by[a.name] for a in accs]
+
+
+@dataclass
+class _Matmul:
+    i: int  # index of the row loop among the spatial loops
+    j: int  # index of the column loop
+    a_side: list[T.Value]  # subexpressions free of j
+    b_side: list[T.Value]  # subexpressions free of i
+    value: T.Value  # the folded value with markers in place of the sides
+
+
+def _match_matmul(spatial: list[T.For], lets: list[T.Let], red: _Reduction) -> _Matmul | None:
+    if red.combine != "add" or lets or len(red.loops) != 1 or len(spatial) < 2 or red.value is None:
+        return None
+    if not isinstance(red.update, T.Store):
+        return None
+    k = red.loops[0].var.name
+    j = len(spatial) - 1
+    for i in range(len(spatial) - 2, -1, -1):
+        found = _split_sides(red.value, spatial[i].var.name, spatial[j].var.name, k)
+        if found is not None:
+            a_side, b_side, value = found
+            return _Matmul(i, j, a_side, b_side, value)
+    return None
+
+
+def _split_sides(v: T.Value, i: str, j: str, k: str) -> tuple[list, list, T.Value] | None:
+    """Maximal subexpressions of v that read i but not j (A side) and j but not i (B side)."""
+    a_side: list[T.Value] = []
+    b_side: list[T.Value] = []
+    failed = False
+
+    def marker(side: list, tag: str, e: T.Value) -> T.Load:
+        if e not in side:
+            side.append(e)
+        return T.Load(T.Buffer(f"{tag}{side.index(e)}", (1,), T.dtype_of(e), "marker"), (S.const(0),))
+
+    def fn(e: T.Value) -> T.Value | None:
+        nonlocal failed
+        names = free_names(e)
+        if i in names and j not in names:
+            return marker(a_side, "a", e)
+        if j in names and i not in names:
+            return marker(b_side, "b", e)
+        if i not in names and j not in names:
+            return e
+        if isinstance(e, (T.Load, PrimExpr)):  # a leaf reading both: not a matrix product
+            failed = True
+            return e
+        return None
+
+    value = map_loads(v, fn)
+    if failed or not a_side or not b_side:
+        return None
+    if not any(k in free_names(e) for e in a_side) or not any(k in free_names(e) for e in b_side):
+        return None
+    return a_side, b_side, value
+
+
+def _independent(loop: T.For) -> bool:
+    """Marked independent, or each written buffer has a dim indexed by exactly the loop variable
+    in every access (different iterations then touch different slices)."""
+    if loop.kind in ("parallel", "vectorized"):
+        return True
+    x = SymVar(loop.var.name)
+    private = {s.buffer.name for s in walk(loop.body) if isinstance(s, T.Allocate)}
+    written = {s.buffer.name for s in stores(loop.body)} - private
+    for name in written:
+        accesses = [s.indices for s in stores(loop.body) if s.buffer.name == name]
+        accesses += [ld.indices for ld in loads(loop.body) if ld.buffer.name == name]
+        ndim = len(accesses[0])
+        if not any(all(idx[d] == x for idx in accesses) for d in range(ndim)):
+            return False
+    return True
+
+
+def _combine(red: _Reduction, shared: dict[str, T.Buffer], t: SymVar, half: int) -> T.Stmt:
+    if red.combine in ("add", "mul", "max", "min"):
+        buf = shared[red.accs[0].name]
+        return T.Store(buf, (t,), T.Binary(red.combine, T.Load(buf, (t,)), T.Load(buf, (t + half,))))
+    best, idx = shared[red.best.name], shared[red.accs[0].name]  # type: ignore[union-attr]
+    mine, other = T.Load(best, (t,)), T.Load(best, (t + half,))
+    cmp = "gt" if red.combine == "argmax" else "lt"
+    earlier = T.binary("lt", T.Load(idx, (t + half,)), T.Load(idx, (t,)))
+    take = T.binary("or", T.binary(cmp, other, mine), T.binary("and", T.binary("eq", other, mine), earlier))
+    return T.IfThenElse(take, T.seq(T.Store(best, (t,), other), T.Store(idx, (t,), T.Load(idx, (t + half,)))))
+
+
+def _rewrite_acc(s: T.Stmt, acc: T.Buffer, tile: T.Buffer, at: tuple[SymVar, SymVar]) -> T.Stmt:
+    """Reads of acc[0] in `s` become reads of tile[at]."""
+    me = T.Load(acc, (S.const(0),))
+
+    def value(e: T.Value) -> T.Value:
+        return map_loads(e, lambda x: T.Load(tile, at) if x == me else None)
+
+    match s:
+        case T.Seq(stmts):
+            return T.seq(*(_rewrite_acc(x, acc, tile, at) for x in stmts))
+        case T.Store(buffer, indices, v):
+            return T.Store(buffer, indices, value(v))
+        case T.IfThenElse(c, a, b):
+            return T.IfThenElse(
+                value(c),
+                _rewrite_acc(a, acc, tile, at),
+                None if b is None else _rewrite_acc(b, acc, tile, at),
+            )
+        case T.Let(var, v, body):
+            return T.Let(var, value(v), _rewrite_acc(body, acc, tile, at))
+    return s
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _product(extents: list[PrimExpr]) -> PrimExpr:
+    out = S.const(1)
+    for e in extents:
+        out = out * e
+    return out
+
+
+def _decompose(flat: PrimExpr, loops: list[T.For]) -> dict[str, PrimExpr]:
+    """The loop variables of a row-major nest as functions of its fused index."""
+    out: dict[str, PrimExpr] = {}
+    stride = S.const(1)
+    for k in range(len(loops) - 1, -1, -1):
+        lp = loops[k]
+        q = S.floordiv(flat, stride)
+        out[lp.var.name] = q if k == 0 else S.floormod(q, lp.extent)
+        stride = stride * lp.extent
+    return out
+
+
+def _wrap_lets(lets: list[T.Let], body: T.Stmt) -> T.Stmt:
+    for lt in reversed(lets):
+        body = T.Let(lt.var, lt.value, body)
+    return body
+
+
+def _alloc_all(bufs: list[T.Buffer], body: T.Stmt) -> T.Stmt:
+    for b in reversed(bufs):
+        body = T.Allocate(b, body)
+    return body
+
+
+__all__ = ["schedule", "stmt_free_names"]

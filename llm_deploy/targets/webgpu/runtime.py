@@ -1,0 +1,754 @@
+"""The WebGPU runtime: a device (wgpu), tensors kept in GPU buffers, and kernels that record
+dispatches into one submission per step.
+
+    device = default_device()                    # wgpu picks Vulkan, Metal, D3D12 or GL
+    module = load("dist/model")                   # kernels.json + kernels.wgsl, no compiler
+    x = device.from_host(array, persistent=True)  # weights: uploaded once
+    module["add"](x, y, out)                      # records a dispatch, runs nothing yet
+    device.to_host(out)                           # one submission, one readback
+
+How a step stays cheap:
+- Kernels record; nothing reaches the GPU until a readback (`to_host`) or `flush`, which encodes
+  every recorded dispatch and copy into one command buffer and submits it once.
+- Symbolic dims of every dispatch go to one uniform arena, a 256-byte slot per dispatch bound
+  with a dynamic offset, written with one `write_buffer` per step: bind groups do not change
+  when the dims do.
+- Buffers come from a pool keyed by size: the same sequence of allocations in the next step gets
+  the same buffers, so bind groups (cached by the buffers they bind) and pipelines (created once
+  per shader) are reused. A buffer freed mid-step may be reused by a later dispatch of the same
+  step: all work is in one ordered command stream, and uploads during a step are copies in that
+  stream (from a staging arena), never `write_buffer`s that would jump ahead of it.
+
+Imports nothing from the compiler.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llm_deploy.runtime.symbolic import compile_expr
+from llm_deploy.runtime.vm import Device
+from llm_deploy.targets.llvm.abi import KernelSignature
+from llm_deploy.targets.webgpu.dtypes import dtype as device_dtype
+from llm_deploy.targets.webgpu.dtypes import from_device, to_device
+
+FORMAT = "llm_deploy.webgpu_kernels/1"
+UNIFORM_SLOT = 256  # bytes per dispatch in the uniform arena: any adapter's offset alignment
+MAX_UNIFORMS = UNIFORM_SLOT // 4
+F16_FEATURE = "shader-f16"
+BIND_GROUP_CACHE = 4096
+
+
+class WebGPUError(RuntimeError):
+    """No adapter, a missing feature, a limit exceeded, a shader the driver rejects."""
+
+
+class KernelCallError(ValueError):
+    """Arguments that do not match a kernel's signature."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Device selection
+
+
+_DEFAULT: WebGPUDevice | None = None
+
+
+def default_device() -> WebGPUDevice:
+    """The process's WebGPU device, created on first use. `LLM_DEPLOY_WEBGPU_BACKEND` (Vulkan,
+    Metal, D3D12, OpenGL) forces wgpu's backend; otherwise wgpu chooses."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = request_device(os.environ.get("LLM_DEPLOY_WEBGPU_BACKEND") or None)
+    return _DEFAULT
+
+
+def request_device(backend: str | None = None, f16: bool = True) -> WebGPUDevice:
+    """A new device on the best adapter, with every limit the adapter has and `shader-f16` when
+    it offers it (`f16=False`: without, as on an adapter lacking it)."""
+    import wgpu
+
+    if backend is not None:
+        from wgpu.backends.wgpu_native import extras
+
+        extras.set_instance_extras(backends=[backend])
+    adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
+    if adapter is None:
+        raise WebGPUError(
+            "no WebGPU adapter found"
+            + (f" for the {backend} backend" if backend else "")
+            + "; install a GPU driver or Mesa's lavapipe (apt mesa-vulkan-drivers libvulkan1)"
+        )
+    features = [F16_FEATURE] if f16 and F16_FEATURE in adapter.features else []
+    limits = {k: v for k, v in adapter.limits.items() if not k.startswith("max-bind-groups-plus")}
+    device = adapter.request_device_sync(required_features=features, required_limits=limits)
+    return WebGPUDevice(adapter, device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensors
+
+
+def _bucket(nbytes: int) -> int:
+    """Pool size class: 256-byte steps up to 4 KiB, then eighths of a power of two."""
+    n = max(nbytes, 16)
+    if n <= 4096:
+        return -(-n // 256) * 256
+    step = (1 << (n.bit_length() - 1)) // 8
+    return -(-n // step) * step
+
+
+class GPUTensor:
+    """An n-d array in a device buffer. `shape` and `dtype` are what numpy would say."""
+
+    __slots__ = ("shape", "dtype", "device", "buffer", "size_bytes", "__weakref__")
+
+    def __init__(
+        self, device: WebGPUDevice, shape: tuple[int, ...], dtype: str, buffer: Any, size_bytes: int
+    ):
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = np.dtype(dtype)
+        self.device = device
+        self.buffer = buffer
+        self.size_bytes = size_bytes  # of the buffer (>= nbytes)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the device representation (see dtypes.py)."""
+        return self.size * device_dtype(self.dtype.name).device_itemsize
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def numpy(self) -> np.ndarray:
+        return self.device.to_host(self)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        a = self.numpy()
+        return a if dtype is None else a.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"GPUTensor(shape={self.shape}, dtype={self.dtype.name}, device={self.device.name})"
+
+
+# ---------------------------------------------------------------------------------------------
+# The device
+
+
+class WebGPUDevice(Device):
+    """A wgpu device with a buffer pool and a recorder of one submission per step."""
+
+    def __init__(self, adapter: Any, device: Any):
+        import wgpu
+
+        super().__init__("webgpu")
+        self.wgpu = wgpu
+        self.adapter = adapter
+        self.device = device
+        self.queue = device.queue
+        self.features = set(device.features)
+        self.limits = dict(device.limits)
+        self.info = dict(adapter.info)
+        self.stats: dict[str, int] = dict.fromkeys(
+            (
+                "submissions", "readbacks", "dispatches", "uploads", "pipelines", "bind_groups",
+                "buffers", "host_fallbacks",
+            ),
+            0,
+        )  # fmt: skip
+        self._free: dict[int, dict[int, Any]] = {}  # size -> free buffers by id
+        self._allocs = 0  # allocations in this step
+        self._this_step: dict[int, Any] = {}
+        self._last_step: dict[int, Any] = {}
+        self._commands: list[tuple] = []
+        self._uniforms: list[np.ndarray] = []
+        self._staging = bytearray()
+        self._uniform_arena: Any = None
+        self._uniform_capacity = 0
+        self._upload_arena: Any = None
+        self._upload_capacity = 0
+        self._read_buffers: dict[int, list[Any]] = {}
+        self._bind_groups: OrderedDict[tuple, Any] = OrderedDict()
+        self._dummy: Any = None
+        self._usage = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_SRC | wgpu.BufferUsage.COPY_DST
+
+    def __repr__(self) -> str:
+        return f"WebGPUDevice({self.info.get('device', '?')}, {self.info.get('backend_type', '?')})"
+
+    @property
+    def has_f16(self) -> bool:
+        return F16_FEATURE in self.features
+
+    @property
+    def max_binding_bytes(self) -> int:
+        return int(self.limits["max-storage-buffer-binding-size"])
+
+    # -- memory
+    def _buffer(self, size: int, fresh: bool = False) -> Any:
+        # The k-th allocation of a step takes the buffer the k-th allocation of the last step
+        # had, when it is free: a step like the last binds the same buffers (cached bind groups).
+        if size > self.limits["max-buffer-size"]:
+            raise WebGPUError(
+                f"a tensor of {size} bytes exceeds this device's maxBufferSize ({self.limits['max-buffer-size']})"
+            )
+        if fresh:  # persistent tensors are no part of a step's allocations
+            self.stats["buffers"] += 1
+            return self.device.create_buffer(size=size, usage=self._usage)
+        k = self._allocs
+        self._allocs += 1
+        pool = self._free.get(size)
+        if pool:
+            last = self._last_step.get(k)
+            buffer = pool.pop(id(last)) if last is not None and id(last) in pool else pool.popitem()[1]
+            self._this_step[k] = buffer
+            return buffer
+        self.stats["buffers"] += 1
+        buffer = self.device.create_buffer(size=size, usage=self._usage)
+        self._this_step[k] = buffer
+        return buffer
+
+    def _release(self, size: int, buffer: Any) -> None:
+        self._free.setdefault(size, {})[id(buffer)] = buffer
+
+    def alloc(self, shape: tuple[int, ...], dtype: str, fresh: bool = False) -> GPUTensor:
+        """An uninitialized tensor from the pool (returned to it when the tensor is dropped).
+        `fresh`: a new buffer, never one that work recorded in this step may still use."""
+        nbytes = math.prod(shape) * device_dtype(str(dtype)).device_itemsize
+        size = _bucket(nbytes)
+        t = GPUTensor(self, shape, dtype, self._buffer(size, fresh), size)
+        weakref.finalize(t, self._release, size, t.buffer)
+        return t
+
+    def from_host(self, array: Any, persistent: bool = False) -> Any:
+        """`array` on the device. Persistent tensors (weights, constants) are written at once and
+        live as long as the tensor; others are copied in the step's command stream. Ints and
+        other non-arrays pass through."""
+        if isinstance(array, GPUTensor) or not isinstance(array, np.ndarray):
+            return array
+        t = self.alloc(array.shape, array.dtype.name, fresh=persistent)
+        self.write(t, array, immediate=persistent)
+        return t
+
+    def write(self, tensor: GPUTensor, array: np.ndarray, immediate: bool = False) -> None:
+        """Fill `tensor` from a host array of its shape and dtype."""
+        if tuple(array.shape) != tensor.shape:
+            raise KernelCallError(
+                f"cannot write an array of shape {array.shape} into a tensor of shape {tensor.shape}"
+            )
+        data = to_device(np.asarray(array, dtype=tensor.dtype)).tobytes()
+        if len(data) % 4:
+            data += b"\0" * (4 - len(data) % 4)
+        if not data:
+            return
+        if immediate:
+            self.queue.write_buffer(tensor.buffer, 0, data)
+            return
+        offset = len(self._staging)
+        self._staging += data
+        self._staging += b"\0" * (-len(self._staging) % 256)
+        self._commands.append(("copy", offset, tensor.buffer, len(data), tensor))
+        self.stats["uploads"] += 1
+
+    # -- recording
+    def record_dispatch(
+        self,
+        pipeline: Pipeline,
+        resources: list[tuple[Any, int, int]],
+        uniforms: Sequence[int],
+        grid: tuple[int, int, int],
+    ) -> None:
+        slot = None
+        if pipeline.uniforms:
+            slot = len(self._uniforms)
+            row = np.zeros(MAX_UNIFORMS, np.int32)
+            row[: len(uniforms)] = uniforms
+            self._uniforms.append(row)
+        self._commands.append(("dispatch", pipeline, tuple(resources), slot, grid))
+        self.stats["dispatches"] += 1
+
+    def dummy(self) -> Any:
+        if self._dummy is None:
+            self._dummy = self.device.create_buffer(size=256, usage=self._usage)
+        return self._dummy
+
+    # -- submission
+    def flush(self, readbacks: Sequence[GPUTensor] = ()) -> list[np.ndarray]:
+        """Encode everything recorded (and copies of `readbacks` to mappable buffers) into one
+        command buffer, submit it, and return the read-back arrays."""
+        if not self._commands and not readbacks:
+            return []
+        wgpu = self.wgpu
+        self._write_arenas()
+        encoder = self.device.create_command_encoder()
+        cpass = None
+        for cmd in self._commands:
+            if cmd[0] == "dispatch":
+                _, pipeline, resources, slot, grid = cmd
+                if cpass is None:
+                    cpass = encoder.begin_compute_pass()
+                cpass.set_pipeline(pipeline.pipeline)
+                offsets = [] if slot is None else [slot * UNIFORM_SLOT]
+                cpass.set_bind_group(0, self._bind_group(pipeline, resources), offsets)
+                cpass.dispatch_workgroups(*grid)
+            else:
+                _, offset, buffer, size, _t = cmd
+                if cpass is not None:
+                    cpass.end()
+                    cpass = None
+                encoder.copy_buffer_to_buffer(self._upload_arena, offset, buffer, 0, size)
+        if cpass is not None:
+            cpass.end()
+        reads = []
+        for t in readbacks:
+            size = max(4, -(-t.nbytes // 4) * 4)
+            rb = self._read_buffer(size)
+            encoder.copy_buffer_to_buffer(t.buffer, 0, rb, 0, size)
+            reads.append((t, rb, size))
+        self.queue.submit([encoder.finish()])
+        self.stats["submissions"] += 1
+        self._last_step, self._this_step, self._allocs = self._this_step, {}, 0
+        self._commands.clear()
+        self._uniforms.clear()
+        self._staging = bytearray()
+        out = []
+        for t, rb, size in reads:
+            rb.map_sync(wgpu.MapMode.READ)
+            raw = np.frombuffer(rb.read_mapped(), dtype=np.uint8)[: t.nbytes].copy()
+            rb.unmap()
+            self._read_buffers.setdefault(size, []).append(rb)
+            d = device_dtype(t.dtype.name)
+            out.append(from_device(raw.view(d.device).reshape(t.shape), t.dtype.name))
+            self.stats["readbacks"] += 1
+        return out
+
+    def to_host(self, value: Any) -> Any:
+        """Host copies of the device tensors in `value` (a tensor or a tuple): one submission."""
+        tensors: list[GPUTensor] = []
+        _collect(value, tensors)
+        if not tensors:
+            return value
+        return _rebuild(value, iter(self.flush(tensors)))
+
+    def _read_buffer(self, size: int) -> Any:
+        pool = self._read_buffers.get(size)
+        if pool:
+            return pool.pop()
+        wgpu = self.wgpu
+        return self.device.create_buffer(
+            size=size, usage=wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST
+        )
+
+    def _write_arenas(self) -> None:
+        wgpu = self.wgpu
+        if self._uniforms:
+            data = np.concatenate(self._uniforms).tobytes()
+            if len(data) > self._uniform_capacity:
+                cap = max(len(data), 2 * self._uniform_capacity, 64 * UNIFORM_SLOT)
+                self._uniform_arena = self.device.create_buffer(
+                    size=cap, usage=wgpu.BufferUsage.UNIFORM | wgpu.BufferUsage.COPY_DST
+                )
+                self._uniform_capacity = cap
+                self._bind_groups.clear()  # they bound the old arena
+            self.queue.write_buffer(self._uniform_arena, 0, data)
+        if self._staging:
+            if len(self._staging) > self._upload_capacity:
+                cap = max(len(self._staging), 2 * self._upload_capacity, 1 << 16)
+                self._upload_arena = self.device.create_buffer(
+                    size=cap, usage=wgpu.BufferUsage.COPY_SRC | wgpu.BufferUsage.COPY_DST
+                )
+                self._upload_capacity = cap
+            self.queue.write_buffer(self._upload_arena, 0, bytes(self._staging))
+
+    def _bind_group(self, pipeline: Pipeline, resources: tuple[tuple[Any, int, int], ...]) -> Any:
+        key = (id(pipeline), tuple((id(b), o, s) for b, o, s in resources))
+        hit = self._bind_groups.get(key)
+        if hit is not None:
+            self._bind_groups.move_to_end(key)
+            return hit[0]
+        entries = []
+        binding = 0
+        if pipeline.uniforms:
+            size = -(-4 * len(pipeline.uniforms) // 16) * 16
+            entries.append(
+                {"binding": 0, "resource": {"buffer": self._uniform_arena, "offset": 0, "size": size}}
+            )
+        for buffer, offset, size in resources:
+            binding += 1
+            entries.append(
+                {"binding": binding, "resource": {"buffer": buffer, "offset": offset, "size": size}}
+            )
+        group = self.device.create_bind_group(layout=pipeline.layout, entries=entries)
+        self.stats["bind_groups"] += 1
+        # the value keeps the buffers alive, so their ids in the key stay theirs
+        self._bind_groups[key] = (group, [r[0] for r in resources])
+        if len(self._bind_groups) > BIND_GROUP_CACHE:
+            self._bind_groups.popitem(last=False)
+        return group
+
+    # -- externs
+    def adapt_extern(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """The device's version of a library function: its own when it has one (the KV cache's),
+        else the host function over host copies (counted in `stats["host_fallbacks"]`)."""
+        from llm_deploy.targets.webgpu.externs import GPU_EXTERNS
+
+        if name in GPU_EXTERNS:
+            return GPU_EXTERNS[name](self)
+
+        def on_host(*args: Any) -> None:
+            host = [self.to_host(a) if isinstance(a, GPUTensor) else a for a in args]
+            host = [a.copy() if isinstance(a, np.ndarray) else a for a in host]
+            fn(*host)
+            self.stats["host_fallbacks"] += 1
+            for a, h in zip(args, host):
+                if isinstance(a, GPUTensor):
+                    self.write(a, h)
+
+        return on_host
+
+
+def _collect(value: Any, out: list[GPUTensor]) -> None:
+    # Module-level (not a closure calling itself): a self-referencing closure is a reference
+    # cycle that would keep the step's tensors, and their pooled buffers, alive until a GC.
+    if isinstance(value, GPUTensor):
+        out.append(value)
+    elif isinstance(value, (tuple, list)):
+        for x in value:
+            _collect(x, out)
+
+
+def _rebuild(value: Any, arrays: Any) -> Any:
+    if isinstance(value, GPUTensor):
+        return next(arrays)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_rebuild(x, arrays) for x in value)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+
+
+class Pipeline:
+    """A compiled shader: its pipeline and bind group layout, created once per device."""
+
+    def __init__(self, device: WebGPUDevice, kernel: str, index: int, shader: Mapping[str, Any]):
+        wgpu = device.wgpu
+        self.uniforms = list(shader["uniforms"])
+        if len(self.uniforms) > MAX_UNIFORMS:
+            raise WebGPUError(
+                f"kernel {kernel}: {len(self.uniforms)} dims exceed the {MAX_UNIFORMS} a dispatch may pass"
+            )
+        if shader["f16"] and not device.has_f16:
+            raise WebGPUError(
+                f"kernel {kernel} computes in float16, which needs the WebGPU feature {F16_FEATURE!r}; "
+                f"the adapter {device.info.get('device', '?')} ({device.info.get('backend_type', '?')}) lacks it. "
+                "Build with float32 (q0f32 / a *f32* quantization) to run on this adapter"
+            )
+        wg = shader["workgroup"]
+        lim = device.limits
+        if (
+            wg[0] > lim["max-compute-workgroup-size-x"]
+            or wg[1] > lim["max-compute-workgroup-size-y"]
+            or wg[2] > lim["max-compute-workgroup-size-z"]
+            or math.prod(wg) > lim["max-compute-invocations-per-workgroup"]
+        ):
+            raise WebGPUError(f"kernel {kernel}: workgroup size {wg} exceeds this device's limits")
+        storage = sum(b["chunks"] for b in shader["bindings"])
+        if storage > lim["max-storage-buffers-per-shader-stage"]:
+            raise WebGPUError(
+                f"kernel {kernel}: {storage} storage buffers exceed this device's "
+                f"{lim['max-storage-buffers-per-shader-stage']} per shader stage"
+            )
+        entries = []
+        if self.uniforms:
+            entries.append(
+                {
+                    "binding": 0,
+                    "visibility": wgpu.ShaderStage.COMPUTE,
+                    "buffer": {"type": wgpu.BufferBindingType.uniform, "has_dynamic_offset": True},
+                }
+            )
+        binding = 0
+        for b in shader["bindings"]:
+            kind = (
+                wgpu.BufferBindingType.storage if b["writable"] else wgpu.BufferBindingType.read_only_storage
+            )
+            for _ in range(b["chunks"]):
+                binding += 1
+                entries.append(
+                    {"binding": binding, "visibility": wgpu.ShaderStage.COMPUTE, "buffer": {"type": kind}}
+                )
+        try:
+            module = device.device.create_shader_module(code=shader["code"], label=f"{kernel}#{index}")
+            self.layout = device.device.create_bind_group_layout(entries=entries)
+            layout = device.device.create_pipeline_layout(bind_group_layouts=[self.layout])
+            self.pipeline = device.device.create_compute_pipeline(
+                layout=layout, compute={"module": module, "entry_point": "main"}
+            )
+        except Exception as e:  # wgpu raises its own error types for validation failures
+            raise WebGPUError(
+                f"kernel {kernel}, shader {index}: the device rejected it: {e}\n{shader['code']}"
+            ) from e
+        device.stats["pipelines"] += 1
+
+
+class Kernel:
+    """A kernel callable as `kernel(*tensors_and_ints)` in its parameter order: checks the
+    arguments, binds the symbolic dims and records the kernel's dispatches."""
+
+    def __init__(self, spec: Mapping[str, Any], module: KernelModule):
+        self.spec = spec
+        self.name = spec["name"]
+        self.signature = KernelSignature.from_json(spec["signature"])
+        self.module = module
+        self._pipelines: list[Pipeline] | None = None
+        sig = self.signature
+        self._params = [(p.name, p.kind, p.dtype, p.shape) for p in sig.params]
+        self._dims = {
+            p.name: [(i, compile_expr(d), d) for i, d in enumerate(p.shape)]
+            for p in sig.params
+            if p.kind == "buffer"
+        }
+        self._plan = _compile_plan(spec["plan"])
+        self._grids = [[compile_expr(g) for g in s["grid"]] for s in spec["shaders"]]
+
+    def __repr__(self) -> str:
+        return f"<webgpu Kernel {self.signature}>"
+
+    def pipelines(self) -> list[Pipeline]:
+        if self._pipelines is None:
+            device = self.module.device
+            self._pipelines = [Pipeline(device, self.name, i, s) for i, s in enumerate(self.spec["shaders"])]
+        return self._pipelines
+
+    def __call__(self, *args: Any) -> None:
+        sig = self.signature
+        if len(args) != len(self._params):
+            raise KernelCallError(f"kernel {sig} takes {len(self._params)} arguments, got {len(args)}")
+        device = self.module.device
+        env: dict[str, int] = {}
+        bufs: dict[str, GPUTensor] = {}
+        for a, (name, kind, _, _) in zip(args, self._params):
+            if kind == "scalar":
+                env[name] = int(a)
+        for i, (a, (name, kind, dt, shape)) in enumerate(zip(args, self._params)):
+            if kind != "buffer":
+                continue
+            if not isinstance(a, GPUTensor) or a.dtype.name != dt or len(a.shape) != len(shape):
+                raise self._bad_arg(i, a)
+            if a.device is not device:
+                raise KernelCallError(f"kernel {self.name}: argument {i} ({name}) lives on another device")
+            for di, d in enumerate(shape):
+                if isinstance(d, str) and d.isidentifier() and d not in env:
+                    env[d] = a.shape[di]
+            bufs[name] = a
+        for i, (name, kind, _, _) in enumerate(self._params):
+            if kind == "buffer":
+                for di, ev, _ in self._dims[name]:
+                    if ev(env) != bufs[name].shape[di]:
+                        raise self._bad_arg(i, bufs[name], env)
+        self._run(self._plan, env, bufs, device, self.pipelines())
+
+    def _run(
+        self, plan: list, env: dict[str, int], bufs: dict[str, GPUTensor], device: WebGPUDevice, pipelines
+    ) -> None:
+        for op in plan:
+            kind = op[0]
+            if kind == "dispatch":
+                self._dispatch(op[1], env, bufs, device, pipelines[op[1]])
+            elif kind == "alloc":
+                _, name, dt, dims = op
+                bufs[name] = device.alloc(tuple(d(env) for d in dims), dt)
+            else:
+                _, cond, then_plan, else_plan = op
+                self._run(then_plan if cond(env) else else_plan, env, bufs, device, pipelines)
+
+    def _dispatch(self, index: int, env, bufs, device: WebGPUDevice, pipeline: Pipeline) -> None:
+        shader = self.spec["shaders"][index]
+        grid = [g(env) for g in self._grids[index]]
+        if min(grid) <= 0:
+            return
+        limit = device.limits["max-compute-workgroups-per-dimension"]
+        if shader["linear"] and grid[0] > limit:
+            x = limit
+            grid = [x, -(-grid[0] // x), 1]
+        if max(grid) > limit:
+            raise WebGPUError(f"kernel {self.name}: grid {grid} exceeds {limit} workgroups per dimension")
+        resources = []
+        max_binding = device.max_binding_bytes
+        for b in shader["bindings"]:
+            t = bufs[b["buffer"]]
+            if b["chunks"] == 1:
+                if t.size_bytes > max_binding:
+                    raise WebGPUError(
+                        f"kernel {self.name}: {b['buffer']} {t.shape} takes {t.size_bytes} bytes, more than "
+                        f"one storage binding may hold on this device ({max_binding}); use shorter inputs"
+                    )
+                resources.append((t.buffer, 0, t.size_bytes))
+                continue
+            chunk = b["chunk_words"] * device_dtype(b["dtype"]).word_bytes
+            for c in range(b["chunks"]):
+                offset = c * chunk
+                size = min(chunk, t.size_bytes - offset)
+                resources.append((t.buffer, offset, size) if size > 0 else (device.dummy(), 0, 256))
+        device.record_dispatch(pipeline, resources, [env[u] for u in shader["uniforms"]], tuple(grid))
+
+    def _bad_arg(self, i: int, arg: Any, env: Mapping[str, int] | None = None) -> KernelCallError:
+        p = self.signature.params[i]
+        want = f"a {p.dtype} GPUTensor of shape ({', '.join(map(str, p.shape))})"
+        found = repr(arg) if isinstance(arg, GPUTensor) else type(arg).__name__
+        where = "" if not env else " with " + ", ".join(f"{k}={v}" for k, v in env.items())
+        return KernelCallError(
+            f"kernel {self.signature}: argument {i} ({p.name}) must be {want}{where}, found {found}"
+        )
+
+
+def _compile_plan(plan: list[Mapping[str, Any]]) -> list[tuple]:
+    out: list[tuple] = []
+    for op in plan:
+        match op["op"]:
+            case "dispatch":
+                out.append(("dispatch", op["shader"]))
+            case "alloc":
+                out.append(("alloc", op["buffer"], op["dtype"], [compile_expr(d) for d in op["shape"]]))
+            case "if":
+                out.append(
+                    ("if", _compile_cond(op["cond"]), _compile_plan(op["then"]), _compile_plan(op["else"]))
+                )
+            case other:
+                raise ValueError(f"unknown plan op {other!r}")
+    return out
+
+
+_COMPARE = {
+    "lt": lambda a, b: a < b, "le": lambda a, b: a <= b, "eq": lambda a, b: a == b,
+    "ne": lambda a, b: a != b, "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b,
+}  # fmt: skip
+
+
+def _compile_cond(c: list) -> Callable[[Mapping[str, int]], bool]:
+    op = c[0]
+    if op in _COMPARE:
+        fn, a, b = _COMPARE[op], compile_expr(c[1]), compile_expr(c[2])
+        return lambda env: fn(a(env), b(env))
+    if op == "not":
+        inner = _compile_cond(c[1])
+        return lambda env: not inner(env)
+    x, y = _compile_cond(c[1]), _compile_cond(c[2])
+    if op == "and":
+        return lambda env: x(env) and y(env)
+    if op == "or":
+        return lambda env: x(env) or y(env)
+    raise ValueError(f"unknown condition {op!r}")
+
+
+class KernelModule:
+    """Kernels of one build. Pipelines are created on the module's device at first call."""
+
+    def __init__(self, specs: Sequence[Mapping[str, Any]], device: WebGPUDevice | None = None):
+        self.specs = list(specs)
+        self._device = device
+        self.kernels = {s["name"]: Kernel(s, self) for s in self.specs}
+
+    @property
+    def device(self) -> WebGPUDevice:
+        if self._device is None:
+            self._device = default_device()
+        return self._device
+
+    def prepare(self) -> KernelModule:
+        """Create every pipeline now (errors such as a missing feature show at load, not mid-step)."""
+        for k in self.kernels.values():
+            k.pipelines()
+        return self
+
+    @property
+    def needs_f16(self) -> bool:
+        return any(s["f16"] for k in self.specs for s in k["shaders"])
+
+    def __getitem__(self, name: str) -> Kernel:
+        if name not in self.kernels:
+            raise KeyError(f"no kernel {name!r}; this module has {', '.join(sorted(self.kernels))}")
+        return self.kernels[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.kernels
+
+    def sources(self) -> str:
+        """Every shader, in order, each after a `// kernel <name> shader <i>` line."""
+        parts = []
+        for k in self.specs:
+            for i, s in enumerate(k["shaders"]):
+                parts.append(f"// kernel {k['name']} shader {i}\n{s['code']}")
+        return "\n".join(parts)
+
+    def save(self, folder: str | Path, stem: str = "kernels") -> None:
+        """`<stem>.wgsl` (the shaders) and `<stem>.json` (signatures, bindings and host plans)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{stem}.wgsl").write_text(self.sources())
+        specs = [
+            {**k, "shaders": [{key: v for key, v in s.items() if key != "code"} for s in k["shaders"]]}
+            for k in self.specs
+        ]
+        (folder / f"{stem}.json").write_text(json.dumps({"format": FORMAT, "kernels": specs}, indent=1))
+
+
+def load(
+    folder: str | Path,
+    stem: str = "kernels",
+    num_threads: int | None = None,
+    device: WebGPUDevice | None = None,
+) -> KernelModule:
+    """Kernels saved by `KernelModule.save`; pipelines are created on `device` (default: the
+    process's) when first called. `num_threads` is the CPU loader's knob, unused here."""
+    folder = Path(folder)
+    manifest = json.loads((folder / f"{stem}.json").read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{folder / stem}.json: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    codes = _split_sources((folder / f"{stem}.wgsl").read_text())
+    specs = []
+    for k in manifest["kernels"]:
+        shaders = []
+        for i, s in enumerate(k["shaders"]):
+            key = (k["name"], i)
+            if key not in codes:
+                raise ValueError(f"{folder / stem}.wgsl has no shader {i} of kernel {k['name']}")
+            shaders.append({**s, "code": codes[key]})
+        specs.append({**k, "shaders": shaders})
+    return KernelModule(specs, device)
+
+
+def _split_sources(text: str) -> dict[tuple[str, int], str]:
+    out: dict[tuple[str, int], str] = {}
+    key, lines = None, []
+    for line in text.split("\n"):
+        if line.startswith("// kernel ") and " shader " in line:
+            if key is not None:
+                out[key] = "\n".join(lines)
+            name, index = line[len("// kernel ") :].rsplit(" shader ", 1)
+            key, lines = (name, int(index)), []
+        else:
+            lines.append(line)
+    if key is not None:
+        out[key] = "\n".join(lines)
+    return out
