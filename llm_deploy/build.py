@@ -64,6 +64,7 @@ def build_model(
 
     stage("building IR")
     mod = build_llama(model.config, "float32", options.context_window)
+    mod = mod.with_attrs(kv_dtype=options.kv_dtype)  # the KV pools' dtype, for lower_kv_cache
     steps.update()
 
     stage("compiling")

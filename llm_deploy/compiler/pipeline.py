@@ -12,7 +12,7 @@ from typing import Any
 
 from llm_deploy.compiler import tir
 from llm_deploy.compiler.module import IRModule
-from llm_deploy.compiler.passes.kv_cache import bind_kv_cache
+from llm_deploy.compiler.passes.kv_cache import bind_kv_cache, lower_kv_cache
 from llm_deploy.compiler.passes.legalize import legalize
 from llm_deploy.compiler.passes.schedule import default_schedule
 from llm_deploy.compiler.vm_codegen import lower_to_vm
@@ -21,8 +21,11 @@ from llm_deploy.runtime.executable import Executable
 Pass = Callable[[IRModule], IRModule]
 
 PIPELINES: dict[str, list[Pass]] = {
-    "default": [bind_kv_cache, legalize, default_schedule],
+    "default": [lower_kv_cache, legalize, default_schedule],
 }
+# The same with the KV cache's numpy externs for attention instead of the paged kernels: the
+# reference to compare the kernels against.
+PIPELINES["kv_extern"] = [bind_kv_cache if p is lower_kv_cache else p for p in PIPELINES["default"]]
 
 
 def run_passes(

@@ -2,8 +2,9 @@
 
     mod = default_schedule(mod, target="llvm")
 
-Runs after legalize. A PrimFunc already scheduled (any loop not serial) is left as it is, so
-hand-written schedules and a second run of the pass keep what they have. The rules are chosen
+Runs after legalize (and after fusion, on the fused programs). A PrimFunc already scheduled
+(attribute `scheduled`, or any loop not serial) is left as it is, so hand-written kernels and a
+second run of the pass keep what they have. The rules are chosen
 by analysing each program's loops and accesses (schedule/analysis.py), never by op name.
 """
 
@@ -29,8 +30,17 @@ def _llvm() -> Callable[[tir.PrimFunc], tir.PrimFunc]:
     return lambda f: schedule_cpu(f, target)
 
 
+def _webgpu() -> Callable[[tir.PrimFunc], tir.PrimFunc]:
+    from llm_deploy.targets.webgpu.gpu_rules import schedule
+
+    return schedule
+
+
 # target name -> a maker of its per-PrimFunc scheduler (made once per pass run)
-SCHEDULERS: dict[str, Callable[[], Callable[[tir.PrimFunc], tir.PrimFunc]]] = {"llvm": _llvm}
+SCHEDULERS: dict[str, Callable[[], Callable[[tir.PrimFunc], tir.PrimFunc]]] = {
+    "llvm": _llvm,
+    "webgpu": _webgpu,
+}
 
 
 def default_schedule(mod: IRModule, target: str = "llvm") -> IRModule:

@@ -55,7 +55,7 @@ class CPUTarget:
 def schedule_cpu(f: T.PrimFunc, target: CPUTarget | None = None) -> T.PrimFunc:
     """Schedule every loop nest of `f` by the rule for its kind."""
     target = target or CPUTarget()
-    if any(x.kind != "serial" for x in walk(f.body) if isinstance(x, T.For)):
+    if f.attrs.get("scheduled") or any(x.kind != "serial" for x in loops(f.body)):
         return f  # scheduled already (by hand or by an earlier pass): leave it
     f = tr.simplify_indices(unique_names(f))
     for nest in classify(f).nests:
