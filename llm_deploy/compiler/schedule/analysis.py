@@ -108,10 +108,11 @@ def analyze_nest(root: T.For) -> Nest:
 def _store_contiguous(body: T.Stmt, innermost: str) -> bool:
     """Every store's last index is the innermost loop plus something independent of it."""
     stores = [x for x in walk(body) if isinstance(x, T.Store)]
-    return bool(stores) and all(_unit_stride(s.indices[-1], innermost) for s in stores)
+    return bool(stores) and all(unit_stride(s.indices[-1], innermost) for s in stores)
 
 
-def _unit_stride(e: T.Value, v: str) -> bool:
+def unit_stride(e: T.Value, v: str) -> bool:
+    """`e` is `v + rest` with rest independent of v: consecutive v read consecutive elements."""
     if not isinstance(e, PrimExpr):
         return False
     e = S.const(e)
@@ -183,9 +184,9 @@ def _matmul(red: Reduction, spatial: tuple[str, ...], body: T.Stmt) -> Matmul | 
     # the operand without a symbolic dim (a weight) is W; X keeps the rows
     if _symbolic(w.buffer) and not _symbolic(x.buffer):
         (x, w), (i, j) = (w, x), (j, i)
-    if _unit_stride(w.indices[-1], k) and _unit_stride(x.indices[-1], k):
+    if unit_stride(w.indices[-1], k) and unit_stride(x.indices[-1], k):
         layout = "dot"
-    elif _unit_stride(w.indices[-1], j):
+    elif unit_stride(w.indices[-1], j):
         layout = "outer"
     else:
         return None

@@ -22,15 +22,17 @@ from dataclasses import dataclass, field
 from llm_deploy.compiler import shape as S
 from llm_deploy.compiler import tir as T
 from llm_deploy.compiler.schedule import transforms as tr
-from llm_deploy.compiler.schedule.analysis import Nest, classify
+from llm_deploy.compiler.schedule.analysis import Nest, classify, unit_stride
 from llm_deploy.compiler.schedule.ir import (
     ScheduleError,
+    accesses,
     find_loop,
     loop_path,
     loops,
     perfect_nest,
     unique_names,
     walk,
+    walk_values,
 )
 
 DTYPE_BITS = {"float16": 16, "bfloat16": 16, "float32": 32, "float64": 64, "int8": 8, "uint8": 8,
@@ -45,7 +47,7 @@ class CPUTarget:
     l2_bytes: int = 256 * 1024  # the budget a tile of X may take in L2
     gemm_block: tuple[int, int] = (4, 3)  # rows of X x rows of W per register block
     gemv_cols: int = 4  # rows of W per block when X has one row
-    parallel_chunk: int = 4096  # elements per task of a one-loop elementwise kernel
+    parallel_chunk: int = 4096  # elements a parallel task takes at least (smaller work: one task)
     notes: list[str] = field(default_factory=list, compare=False)
 
     def lanes(self, dtype: str) -> int:
@@ -299,8 +301,6 @@ def _has_loop(f: T.PrimFunc, name: str) -> bool:
 
 
 def _reads(s: T.Stmt, buffer: str) -> bool:
-    from llm_deploy.compiler.schedule.ir import accesses
-
     return any(a.buffer.name == buffer for a in accesses(s))
 
 
@@ -310,11 +310,8 @@ def _long_enough(extent: S.PrimExpr, lanes: int) -> bool:
 
 def _stride1_reads(value: T.Value | None, k: str) -> bool:
     """Every load in `value` that depends on k reads consecutive elements as k counts up."""
-    from llm_deploy.compiler.schedule.analysis import _unit_stride
-    from llm_deploy.compiler.schedule.ir import walk_values
-
     if value is None:
         return False
     loads = [e for e in walk_values(value) if isinstance(e, T.Load)]
     moving = [ld for ld in loads if any(k in S.free_vars(i) for i in ld.indices if isinstance(i, S.PrimExpr))]
-    return bool(moving) and all(_unit_stride(ld.indices[-1], k) for ld in moving)
+    return bool(moving) and all(unit_stride(ld.indices[-1], k) for ld in moving)
