@@ -179,6 +179,8 @@ class EngineCore:
                 self._cv.notify_all()
 
     def stats(self) -> EngineStats:
+        """The snapshot taken after the last step (never waits for a forward); after `wait_idle`
+        it accounts for every request that has finished."""
         return self._stats
 
     def wait_idle(self, timeout: float | None = None) -> bool:

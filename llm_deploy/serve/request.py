@@ -49,6 +49,11 @@ class RequestOutput:
 
 
 class _Stream:
+    """The engine is handed `put` (a sink holding the queue, not the stream), so a stream its
+    consumer drops without reading to the end is garbage, and cancels its request."""
+
+    put: Callable[[RequestOutput], None]
+
     def __init__(self, request_id: str, cancel: Callable[[str], None]) -> None:
         self.request_id = request_id
         self._cancel = cancel
@@ -58,6 +63,12 @@ class _Stream:
         """Ask the engine to drop this request at its next step (its pages are freed)."""
         if not self.finished:
             self._cancel(self.request_id)
+
+    def __del__(self) -> None:
+        try:
+            self.cancel()
+        except Exception:  # interpreter shutdown: the engine is going away too
+            pass
 
     def _accept(self, out: RequestOutput) -> RequestOutput:
         if out.finished:
@@ -73,9 +84,7 @@ class RequestStream(_Stream):
     def __init__(self, request_id: str, cancel: Callable[[str], None]) -> None:
         super().__init__(request_id, cancel)
         self._queue: queue.SimpleQueue[RequestOutput] = queue.SimpleQueue()
-
-    def put(self, out: RequestOutput) -> None:  # engine thread
-        self._queue.put(out)
+        self.put = self._queue.put  # engine thread
 
     def __iter__(self) -> Iterator[RequestOutput]:
         try:
@@ -94,11 +103,14 @@ class AsyncRequestStream(_Stream):
 
     def __init__(self, request_id: str, cancel: Callable[[str], None]) -> None:
         super().__init__(request_id, cancel)
-        self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        put_nowait = self._queue.put_nowait
 
-    def put(self, out: RequestOutput) -> None:  # engine thread; raises if the loop is closed
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, out)
+        def put(out: RequestOutput) -> None:  # engine thread; raises once the loop is closed
+            loop.call_soon_threadsafe(put_nowait, out)
+
+        self.put = put
 
     async def __aiter__(self) -> AsyncIterator[RequestOutput]:
         try:

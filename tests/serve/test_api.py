@@ -182,6 +182,9 @@ def test_closing_a_stream_cancels_its_request(engine):
     stats = engine.stats()
     assert stats.aborted_requests == 1 and stats.generated_tokens < 200
     assert stats.pages_used == stats.prefix_cache_pages
+    unread = engine.completions.create(prompt="go", max_tokens=200, ignore_eos=True, stream=True)
+    del unread  # created, never iterated
+    assert engine.core.wait_idle(10) and engine.stats().aborted_requests == 2
 
 
 def test_async_engine(tiny):

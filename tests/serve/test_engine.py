@@ -75,6 +75,7 @@ def assert_no_leak(core: EngineCore) -> None:
     assert set(core.cache.seq_ids) == set(core.prefix.seq_ids)
     assert stats.pages_used == stats.prefix_cache_pages == core.cache.pages_in_use
     core.flush_prefix_cache()
+    assert core.wait_idle(timeout=30)
     assert core.cache.pages_in_use == 0 and core.cache.seq_ids == ()
     assert core.stats().pages_used == 0 and core.stats().pages_free == core.cache.num_pages
 
@@ -94,6 +95,7 @@ def test_sixteen_requests_batched_equal_each_alone(tiny, make_core):
     got = [collect(s)[0][0] for s in streams]
 
     assert got == expected
+    assert core.wait_idle(30)  # the statistics are a snapshot taken after each step
     stats = core.stats()
     assert stats.max_decode_batch > 1 and max(stats.prefill_batch_sizes) > 1
     assert stats.finished_requests == 16
@@ -117,7 +119,7 @@ def test_preemption_recomputes_and_output_is_unchanged(tiny, make_core):
     streams = [core.submit(p, greedy) for p in prompts[1:]] + [core.submit(prompts[0], sampled)]
     results = [collect(s) for s in streams]
 
-    assert core.stats().preemptions > 0
+    assert core.wait_idle(30) and core.stats().preemptions > 0
     assert [r[0][0] for r in results[:-1]] == [alone(tiny, p, greedy) for p in prompts[1:]]
     assert results[-1][0] == expected_n2
     assert sum(r[2].stats.preemptions for r in results) == core.stats().preemptions
@@ -142,6 +144,7 @@ def test_chunked_prefill_and_max_num_seqs(tiny, make_core):
     prompts = [random_prompt(rng, 100), random_prompt(rng, 5), random_prompt(rng, 7)]
     streams = [core.submit(p, GREEDY) for p in prompts]
     assert [collect(s)[0][0] for s in streams] == [alone(tiny, p, GREEDY) for p in prompts]
+    assert core.wait_idle(30)
     stats = core.stats()
     assert stats.max_decode_batch == 2  # the third waited for a slot
     assert stats.prefill_steps >= 100 // core.prefill_chunk
@@ -170,7 +173,7 @@ def test_cancel_mid_generation_frees_pages_and_spares_the_others(tiny, make_core
     assert rest[-1].stats.completion_tokens < 200
     assert collect(d)[1] == ["abort"] and collect(d)[2] is None  # finished already
     assert [collect(s)[0][0] for s in (a, c)] == [alone(tiny, p, GREEDY) for p in (prompts[0], prompts[2])]
-    assert core.stats().aborted_requests == 2
+    assert core.wait_idle(30) and core.stats().aborted_requests == 2
     assert_no_leak(core)
 
 
@@ -181,6 +184,10 @@ def test_a_consumer_that_goes_away_cancels_its_request(tiny, make_core):
         break  # the generator is closed here
     assert core.wait_idle(timeout=30)
     assert core.stats().aborted_requests == 1 and core.stats().generated_tokens < 200
+    stream = core.submit(prompt, SamplingParams(temperature=0, max_tokens=200, ignore_eos=True))
+    del stream  # never read: dropped
+    assert core.wait_idle(timeout=30)
+    assert core.stats().aborted_requests == 2 and core.stats().generated_tokens < 400
     assert_no_leak(core)
 
 
@@ -213,7 +220,7 @@ def test_an_exception_in_one_request_fails_it_alone(tiny, make_core):
     assert isinstance(failed.value.__cause__, SamplingError)
     good = [collect(s)[0][0] for s in (streams[0], streams[3])]
     assert good == [alone(tiny, p, GREEDY) for p in (prompts[0], prompts[3])]
-    assert core.stats().failed_requests == 2
+    assert core.wait_idle(30) and core.stats().failed_requests == 2
     assert_no_leak(core)
 
 
@@ -351,7 +358,7 @@ def test_prefix_reuse_reports_cached_tokens_and_keeps_output(tiny, make_core):
     assert out2.stats.cached_tokens == len(system)
     assert out3.stats.cached_tokens == len(first) - 1  # the last prompt token is always computed
     assert [text1, text2, text3] == [alone(tiny, first, GREEDY), alone(tiny, second, GREEDY), text1]
-    assert core.stats().cached_tokens == len(system) + len(first) - 1
+    assert core.wait_idle(30) and core.stats().cached_tokens == len(system) + len(first) - 1
     assert_no_leak(core)
 
     plain = make_core(prefix_cache_entries=0)
@@ -403,6 +410,7 @@ def test_request_and_engine_statistics(tiny, make_core):
     prompt = random_prompt(np.random.default_rng(11), 40)
     (_,), _, last = collect(core.submit(prompt, SamplingParams(temperature=0, max_tokens=9, ignore_eos=True)))
     s = last.stats
+    assert core.wait_idle(30)
     assert (s.prompt_tokens, s.completion_tokens, s.cached_tokens) == (40, 9, 0)
     assert 0 <= s.queue_s <= s.ttft_s and s.prefill_s > 0 and s.decode_s > 0
     assert s.prefill_tokens_per_s > 0 and s.decode_tokens_per_s > 0
@@ -459,7 +467,7 @@ def test_default_model_batched_equals_alone(default_artifact):
         streams = [core.submit(p, params) for p in prompts]
         got = [collect(s)[0][0] for s in streams]
         assert got == expected and "Paris" in got[0]
-        assert core.stats().max_decode_batch > 1
+        assert core.wait_idle(30) and core.stats().max_decode_batch > 1
         assert_no_leak(core)
     finally:
         core.close()
