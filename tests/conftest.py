@@ -45,3 +45,26 @@ def tiny_runner_factory(tiny_artifact):
 
     artifact = load_artifact(tiny_artifact)
     return lambda **kw: ModelRunner(artifact, **kw)
+
+
+@pytest.fixture(scope="session")
+def smollm2_path():
+    from llm_deploy.models import MODELS
+
+    return MODELS["llama"].gguf_path()
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """Our reading of the default model, by its preset name: (config, weights, tokenizer)."""
+    from llm_deploy.models import load_model
+
+    return load_model("llama")
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2_model(smollm2_path):
+    """transformers' own GGUF loading (about 30 s): the oracle for the config and every value."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(smollm2_path.parent), gguf_file=smollm2_path.name)

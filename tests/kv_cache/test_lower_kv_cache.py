@@ -174,3 +174,25 @@ def test_lowered_model_on_the_vm_equals_the_extern_pipeline(tiny):
     cache.begin_forward([0], [5])
     with pytest.raises(MatchError, match=r"kv_step.*expected shape \(b,\), got \(5,\)"):
         kernels["decode"](np.zeros(4, np.int32), cache, *weights)
+
+
+@pytest.mark.slow
+def test_a_build_with_float16_pools_runs_close_to_float32(tmp_path, tiny_runner_factory):
+    """build_model records kv_dtype; the kernels then read and write float16 pools."""
+    from llm_deploy.build import build_model
+    from llm_deploy.runtime.artifact import load_artifact
+    from llm_deploy.runtime.model_runner import ModelRunner
+
+    out = build_model("llama-tiny", output=tmp_path / "f16", progress=False, kv_dtype="float16")
+    runs = {}
+    for kv_dtype, runner in (
+        ("float32", tiny_runner_factory()),
+        ("float16", ModelRunner(load_artifact(out))),
+    ):
+        assert runner.cache.k_pools[0].dtype == np.dtype(kv_dtype)
+        runner.add_sequence(0)
+        runner.add_sequence(1)
+        first = runner.prefill([0, 1], [[5, 9, 12, 80, 33, 7, 1, 200], [44, 45, 46]])
+        runs[kv_dtype] = [first, runner.decode([0, 1], [int(first[0].argmax()), int(first[1].argmax())])]
+    for a, b in zip(runs["float16"], runs["float32"]):
+        assert np.abs(a - b).max() <= 1e-2 * np.abs(b).max()

@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny preset, and the default model as we read it and as transformers does."""
+"""Shared fixtures: the tiny preset, and transformers' tokenizer of the default model (the default
+model itself, ours and transformers', is in tests/conftest.py: the KV cache tests use it too)."""
 
 from __future__ import annotations
 
@@ -18,28 +19,7 @@ def tiny_weights(tiny_config) -> Weights:
 
 
 @pytest.fixture(scope="session")
-def smollm2_path():
-    return MODELS["llama"].gguf_path()
-
-
-@pytest.fixture(scope="session")
-def smollm2():
-    """Our reading of the default model, by its preset name: (config, weights, tokenizer)."""
-    from llm_deploy.models import load_model
-
-    return load_model("llama")
-
-
-@pytest.fixture(scope="session")
 def hf_smollm2_tokenizer(smollm2_path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(smollm2_path.parent), gguf_file=smollm2_path.name)
-
-
-@pytest.fixture(scope="session")
-def hf_smollm2_model(smollm2_path):
-    """transformers' own GGUF loading (about 30 s): the oracle for the config and every value."""
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(smollm2_path.parent), gguf_file=smollm2_path.name)
