@@ -12,6 +12,7 @@ least 1.0x numpy, GEMM at least 0.8x, a tiny kernel's launch under 5 µs.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import statistics
 import time
 from collections.abc import Callable
@@ -113,9 +114,15 @@ def main() -> None:
 
     a, b = np.zeros(4, np.float32), np.zeros(4, np.float32)
     kernel = km["tiny"]
-    launches = [per_call(lambda: kernel(a, b)) for _ in range(args.rounds)]
+    checked = statistics.median(per_call(lambda: kernel(a, b)) for _ in range(args.rounds))
+    # the packed entry point: data pointers and dims prepared once, as a VM that keeps them does
+    ptrs = (ctypes.c_void_p * 2)(a.ctypes.data, b.ctypes.data)
+    dims = (ctypes.c_int64 * 1)()
+    pa, pd = ctypes.addressof(ptrs), ctypes.addressof(dims)
+    packed = statistics.median(per_call(lambda: kernel.call_packed(pa, pd)) for _ in range(args.rounds))
     print(
-        f"launch of a tiny kernel (checked call from Python): {statistics.median(launches) * 1e6:.2f} µs  (goal < 5 µs)"
+        f"launch of a tiny kernel: {checked * 1e6:.2f} µs checked call from Python, "
+        f"{packed * 1e6:.2f} µs packed entry  (goal < 5 µs)"
     )
 
 
