@@ -57,6 +57,10 @@ from llm_deploy.compiler.struct_info import StructInfo
 from llm_deploy.compiler import ops as _ops  # noqa: F401  isort: skip
 
 
+# Library calls: destination-passing (call_extern, call_extern_pure) or returning a value.
+EXTERN_CALLS = ("call_extern", "call_extern_pure", "call_extern_value")
+
+
 class WellFormedError(ValueError):
     """A module that breaks an IR invariant; the message names the function and the binding."""
 
@@ -461,7 +465,7 @@ class _FunctionChecker:
             return
         if isinstance(call.op, Op) and call.op.name == "call_tir":
             self._call_tir(call, where)
-        elif isinstance(call.op, Op) and call.op.name in ("call_extern", "call_extern_pure"):
+        elif isinstance(call.op, Op) and call.op.name in EXTERN_CALLS:
             self._call_extern(call, where)
         if not self._pure(call):
             if in_dataflow:
@@ -612,7 +616,7 @@ class _FunctionChecker:
 
 def _callee(call: Call) -> str:
     op = call.op
-    if isinstance(op, Op) and op.name in ("call_extern", "call_extern_pure", "call_tir") and call.args:
+    if isinstance(op, Op) and op.name in (*EXTERN_CALLS, "call_tir") and call.args:
         return f"{op.name}({getattr(call.args[0], 'name', '?')})"
     return getattr(op, "name", type(op).__name__)
 

@@ -196,3 +196,39 @@ def test_a_build_with_float16_pools_runs_close_to_float32(tmp_path, tiny_runner_
         runs[kv_dtype] = [first, runner.decode([0, 1], [int(first[0].argmax()), int(first[1].argmax())])]
     for a, b in zip(runs["float16"], runs["float32"]):
         assert np.abs(a - b).max() <= 1e-2 * np.abs(b).max()
+
+
+VALUE_EXTERN = """
+@function
+def f(cache: Object) -> Tensor[ndim(2), "float32"]:
+    with dataflow():
+        raw: Tensor[ndim(2), "float32"] = call_extern_value(extern("test.table"), (cache, prim(3)), out_sinfo=Tensor[ndim(2), "float32"])
+        t: Tensor[(m, 2), "float32"] = match_cast(raw, Tensor[(m, 2), "float32"])
+        output(t)
+    return t
+"""
+
+
+def test_call_extern_value_returns_the_externs_value_on_the_vm_and_the_interpreter(monkeypatch):
+    from llm_deploy.compiler.externs import EXTERNS, ExternDef
+    from llm_deploy.compiler.vm_codegen import lower_to_vm
+    from llm_deploy.runtime.vm import VirtualMachine, VMError
+
+    mod = assert_roundtrip(parse(VALUE_EXTERN))
+    table = {"rows": np.arange(6, dtype=np.float32).reshape(3, 2)}
+
+    def lookup(cache, rows):  # not DPS: the result is the library's own array
+        return cache["rows"][: int(rows)]
+
+    program, constants = lower_to_vm(mod)
+    assert [i["op"] for i in program["functions"]["f"]["instrs"]][:2] == ["prim", "call_extern_value"]
+    vm = VirtualMachine(program, {}, {"test.table": lookup}, constants)
+    out = vm["f"](table)
+    assert np.shares_memory(out, table["rows"]) and out.shape == (3, 2)
+    with pytest.raises(MatchError, match=r"match_cast t: expected shape \(m, 2\), got \(3, 3\)"):
+        vm["f"]({"rows": np.zeros((5, 3), np.float32)})
+    with pytest.raises(VMError, match="extern function 'test.table' is not registered"):
+        VirtualMachine(program, {}, {}, constants)["f"](table)
+
+    monkeypatch.setitem(EXTERNS, "test.table", ExternDef("test.table", lookup))
+    np.testing.assert_array_equal(interpreter.run(mod, "f", table), table["rows"])
