@@ -15,8 +15,6 @@ import numpy as np
 from llm_deploy import __version__
 from llm_deploy.runtime.artifact import MANIFEST_FORMAT
 
-SUPPORTED_QUANTIZATIONS = ("q0f32",)
-
 
 def model_name(source: str | os.PathLike) -> str:
     from llm_deploy.models import MODELS
@@ -37,10 +35,10 @@ def build_model(
     """Build `source` for `target`; returns the artifact folder (written atomically)."""
     from tqdm import tqdm
 
+    from llm_deploy.compiler.passes.quantize import quantize
     from llm_deploy.compiler.pipeline import build
     from llm_deploy.models import MODELS, BuildOptions, load_model
-    from llm_deploy.models.llama import build_llama, weight_arrays
-    from llm_deploy.models.weights import param_shapes
+    from llm_deploy.models.llama import build_llama
 
     steps = tqdm(total=5, disable=not progress, desc="build", unit="step", leave=False)
 
@@ -53,18 +51,13 @@ def build_model(
     if quantization is not None:
         build_overrides["quantization"] = quantization
     options = replace(options, **build_overrides)
-    if options.quantization not in SUPPORTED_QUANTIZATIONS:
-        if quantization is not None:
-            raise ValueError(
-                f"quantization {options.quantization!r} is not available in this build yet; "
-                f"available: {', '.join(SUPPORTED_QUANTIZATIONS)}"
-            )
-        options = replace(options, quantization="q0f32")
+    source_types = _source_types(model, options.quantization)
     steps.update()
 
     stage("building IR")
     mod = build_llama(model.config, "float32", options.context_window)
     mod = mod.with_attrs(kv_dtype=options.kv_dtype)  # the KV pools' dtype, for lower_kv_cache
+    mod = quantize(mod, options.quantization, source_types)
     steps.update()
 
     stage("compiling")
@@ -79,8 +72,10 @@ def build_model(
         stage("writing weights")
         from safetensors.numpy import save_file
 
-        names = list(param_shapes(model.config))
-        arrays = weight_arrays(model.config, model.weights, "float32")
+        packed = packed_weights(model.weights, mod.attrs["quantization"])
+        names, arrays = list(packed), list(packed.values())
+        if names != list(mod["decode"].attrs["params"]):
+            raise AssertionError(f"packed weights {names[:4]}... differ from the model's parameters")
         (tmp / "params").mkdir()
         save_file(
             {n: np.ascontiguousarray(a) for n, a in zip(names, arrays)}, tmp / "params" / "params.safetensors"
@@ -116,6 +111,48 @@ def build_model(
         raise
     finally:
         steps.close()
+    return out
+
+
+def _source_types(model, quantization: str) -> dict[str, str] | None:
+    """Each weight's GGML type, for `gguf` (which keeps a GGUF file's own block formats)."""
+    from llm_deploy.models.weights import param_shapes
+
+    if quantization != "gguf":
+        return None
+    if not str(model.weights.source).endswith(".gguf"):
+        raise ValueError(
+            f"quantization 'gguf' keeps a GGUF file's blocks as they are, but the weights come from "
+            f"{model.weights.source}; choose one of q0f32, q0f16, q4f16_1, q4f32_1, q8f16_1"
+        )
+    return {name: model.weights.spec(name).ggml_type.name for name in param_shapes(model.config)}
+
+
+def packed_weights(weights, record) -> dict[str, np.ndarray]:
+    """Every parameter the built model takes, by name, in order: float32 weights as they are,
+    quantized ones packed as the quantize pass recorded (`record`: the module's attribute)."""
+    from llm_deploy.models.weights import param_shapes
+    from llm_deploy.quantization import GGMLPacking, pack, pack_ggml, packing_from_key
+
+    out: dict[str, np.ndarray] = {}
+    plan = record["params"]
+    for name in param_shapes(weights.config):
+        if name not in plan:
+            out[name] = np.ascontiguousarray(weights[name], dtype="float32")
+            continue
+        entry = plan[name]
+        packing, shape = packing_from_key(entry["packing"]), tuple(entry["shape"])
+        if isinstance(packing, GGMLPacking):
+            raw = weights.raw(name)
+            if raw.ggml_type.name != packing.ggml_type:
+                raise ValueError(
+                    f"weight {name}: the file holds {raw.ggml_type.name}, the build expected {packing.ggml_type}"
+                )
+            arrays = pack_ggml(packing, raw.data, shape)
+        else:
+            arrays = pack(packing, weights[name])
+        for array_name, a in zip(entry["arrays"], arrays.values()):
+            out[array_name] = a
     return out
 
 
