@@ -8,8 +8,9 @@ import pytest
 from llm_deploy.compiler import tir
 from llm_deploy.compiler.parser import parse_function
 from llm_deploy.compiler.schedule import transforms as tr
-from llm_deploy.compiler.schedule.ir import ScheduleError, unique_names
+from llm_deploy.compiler.schedule.ir import ScheduleError, loops, unique_names
 from llm_deploy.compiler.testing import assert_structural_equal
+from llm_deploy.compiler.tir_interpreter import run
 from llm_deploy.targets.llvm.codegen import codegen
 from tests.compiler.schedule.helpers import assert_same
 
@@ -44,11 +45,28 @@ def main(A: Buffer[(n, 19), "float32"], W: Buffer[(7, 19), "float32"], Out: Buff
             Out[i, j] = acc[0]
 """
 
+ROPE = """
+@prim_func
+def main(A: Buffer[(n, 3, 8), "float32"], pos: Buffer[(n,), "int32"], F: Buffer[(4,), "float32"], Out: Buffer[(n, 3, 8), "float32"]):
+    for i in range(n):
+        for h in range(3):
+            for d in range(8):
+                Out[i, h, d] = A[i, h, d] * cos(cast("float32", pos[i]) * F[d % 4]) + exp(A[i, h, d])
+"""
+
 SIZES = (1, 2, 3, 4, 5, 8, 13)
 
 
 def p(text: str) -> tir.PrimFunc:
     return parse_function(text)
+
+
+def tir_loops(f: tir.PrimFunc) -> list[tir.For]:
+    return list(loops(f.body))
+
+
+def find(f: tir.PrimFunc, name: str) -> tir.For:
+    return next(lp for lp in tir_loops(f) if lp.var.name == name)
 
 
 def check(before: tir.PrimFunc, after: tir.PrimFunc, expected: str | None = None, **kw) -> None:
@@ -276,14 +294,7 @@ def test_rfactor_of_a_register_block():
 
 
 def test_cache_invariant_computes_costly_values_once_per_outer_iteration():
-    f = p("""
-@prim_func
-def main(A: Buffer[(n, 3, 8), "float32"], pos: Buffer[(n,), "int32"], F: Buffer[(4,), "float32"], Out: Buffer[(n, 3, 8), "float32"]):
-    for i in range(n):
-        for h in range(3):
-            for d in range(8):
-                Out[i, h, d] = A[i, h, d] * cos(cast("float32", pos[i]) * F[d % 4]) + exp(A[i, h, d])
-""")  # fmt: skip
+    f = p(ROPE)
     check(f, tr.cache_invariant(f, "h"), """
 @prim_func
 def main(A: Buffer[(n, 3, 8), "float32"], pos: Buffer[(n,), "int32"], F: Buffer[(4,), "float32"], Out: Buffer[(n, 3, 8), "float32"]):
@@ -294,7 +305,7 @@ def main(A: Buffer[(n, 3, 8), "float32"], pos: Buffer[(n,), "int32"], F: Buffer[
         for h in range(3):
             for d in range(8):
                 Out[i, h, d] = A[i, h, d] * h_c[d] + exp(A[i, h, d])
-""", gens={"pos": lambda rng, shape, dtype: rng.integers(0, 50, shape).astype(dtype)})  # fmt: skip
+""", gens={"pos": _positions})  # fmt: skip
     with pytest.raises(ScheduleError, match="no costly value"):
         tr.cache_invariant(f, "d")
 
@@ -364,6 +375,7 @@ COMPILED = {
     "rfactor": (ROWSUM, lambda f: tr.parallel(tr.rfactor(f, "k", 8), "i")),
     "rfactor_block": (LINEAR, lambda f: _gemm_block(f)),
     "unroll": (EW, lambda f: tr.unroll(f, "j")),
+    "cache_invariant": (ROPE, lambda f: tr.vectorize(tr.cache_invariant(f, "h"), "d")),
 }
 
 
@@ -379,23 +391,16 @@ def test_compiled():
     afters = {name: fn(befores[name]) for name, (_, fn) in COMPILED.items()}
     km = codegen(afters)
     for name in COMPILED:
-        assert_same(befores[name], afters[name], SIZES, kernel=km[name])
+        gens = {"pos": _positions} if name == "cache_invariant" else None
+        assert_same(befores[name], afters[name], SIZES, kernel=km[name], gens=gens)
 
 
-def tir_loops(f: tir.PrimFunc) -> list[tir.For]:
-    from llm_deploy.compiler.schedule.ir import loops
-
-    return list(loops(f.body))
-
-
-def find(f: tir.PrimFunc, name: str) -> tir.For:
-    return next(lp for lp in tir_loops(f) if lp.var.name == name)
+def _positions(rng, shape, dtype):
+    return rng.integers(0, 50, shape).astype(dtype)
 
 
 def test_numpy_reference_of_the_linear_text():
     """The LINEAR text is what its name says (so the equalities above test a real GEMM)."""
-    from llm_deploy.compiler.tir_interpreter import run
-
     rng = np.random.default_rng(0)
     a, w = rng.standard_normal((5, 19)).astype("float32"), rng.standard_normal((7, 19)).astype("float32")
     out = np.zeros((5, 7), "float32")
