@@ -24,7 +24,11 @@ from llm_deploy.runtime.vm import Device, VirtualMachine
 FORMAT = "llm_deploy.executable/1"
 
 # Where each target's runtime loader lives (runtime side: never the compiler).
-LOADERS = {"llvm": "llm_deploy.targets.llvm.runtime:load", "webgpu": "llm_deploy.targets.webgpu.runtime:load"}
+LOADERS = {
+    "llvm": "llm_deploy.targets.llvm.runtime:load",
+    "webgpu": "llm_deploy.targets.webgpu.runtime:load",
+    "vulkan": "llm_deploy.targets.vulkan.runtime:load",
+}
 
 
 def default_externs() -> dict[str, Callable[..., Any]]:

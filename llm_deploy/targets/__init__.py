@@ -53,6 +53,13 @@ TARGETS: dict[str, Target] = {
             "llm_deploy.targets.webgpu.codegen:WebGPUOptions",
             "llm_deploy.targets.webgpu.runtime:load",
         ),
+        Target(
+            "vulkan",
+            "GPU: GLSL compute shaders compiled to SPIR-V (glslang), run through Vulkan",
+            "llm_deploy.targets.vulkan.codegen:codegen",
+            "llm_deploy.targets.vulkan.codegen:VulkanOptions",
+            "llm_deploy.targets.vulkan.runtime:load",
+        ),
     )
 }
 
