@@ -16,12 +16,13 @@ The translation is literal, as the WebGPU target's (the same schedules feed both
 - Global buffers are std430 storage blocks of 32-bit words (f16: 16-bit words), holding numpy's
   bytes exactly (the layout of `webgpu/dtypes.py`: bytes and shorts packed into words, written
   with atomicAnd/atomicOr; 64-bit ints as two words, used as 32-bit). Index math is `int`.
-- Subgroups: a workgroup-memory tree reduction (the GPU rules' halving steps of add, mul, max or
-  min, each a thread loop followed by a barrier) becomes, when codegen is allowed subgroups, a
-  butterfly of `subgroupShuffleXor` in registers, which pairs the same values as the tree (so the
-  result is bitwise the same). A specialization constant (`constant_id = 0`) chooses between the
-  butterfly and the tree at pipeline creation: the runtime picks the butterfly only when the
-  device's subgroups are at least as wide as the lanes combined and support shuffles.
+- Subgroups: in a workgroup-memory tree reduction (the GPU rules' halving steps of add, mul, max
+  or min, each a thread loop followed by a barrier), when codegen is allowed subgroups, the steps
+  whose half is below the subgroup size run as a butterfly of `subgroupShuffleXor` in registers,
+  with one barrier for all of them. The butterfly pairs the same values as the tree, so results
+  are bitwise the same. The subgroup size is a specialization constant (`constant_id = 0`) set
+  when the pipeline is created: the device's size where it supports shuffles in compute shaders,
+  0 otherwise (all tree: the fallback), so one SPIR-V module serves every device.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ MERGED = "b_merged"
 GLSL_TYPE = {"f32": "float", "f16": "float16_t", "i32": "int", "u32": "uint", "bool": "bool"}
 STORAGE_TYPE = {"f32": "float", "f16": "float16_t", "i32": "int", "u32": "uint"}
 BARRIER = "memoryBarrierShared(); memoryBarrierBuffer(); barrier();"
-SUBGROUP_SPEC = "USE_SUBGROUPS"
+SUBGROUP_SPEC = "SUBGROUP_SIZE"
 
 
 class CodegenError(ValueError):
@@ -217,7 +218,7 @@ class KernelEmitter:
             head.append("#extension GL_EXT_shader_16bit_storage : require")
         if self.subgroup_lanes:
             head.append("#extension GL_KHR_shader_subgroup_shuffle : require")
-            head.append(f"layout(constant_id = 0) const bool {SUBGROUP_SPEC} = true;")
+            head.append(f"layout(constant_id = 0) const int {SUBGROUP_SPEC} = 0;")
         head.append(f"layout(local_size_x = {wg[0]}, local_size_y = {wg[1]}, local_size_z = {wg[2]}) in;")
         if self.uniforms:
             fields = " ".join(f"int {var_name(u)};" for u in self.uniforms)
@@ -330,9 +331,10 @@ class KernelEmitter:
             k += 1
 
     def butterfly(self, steps: list[_TreeStep], tree: list[T.Stmt], sc: _Scope) -> bool:
-        """The halving steps as shuffles within subgroups (chosen by the specialization constant),
-        the tree itself otherwise. Needs every invocation of the workgroup's x axis to hold a
-        slot of the buffer (full subgroups, uniform control flow)."""
+        """The halving steps with halves below the subgroup size (a specialization constant,
+        0 without usable subgroups) as shuffles in registers, the larger ones as the tree's
+        steps. Needs every invocation of the workgroup's x axis to hold a slot of the buffer
+        (whole subgroups take part, in uniform control flow)."""
         buf, lanes = steps[0].buf, 2 * steps[0].half
         size = _size(buf)
         if self.workgroup[1] * self.workgroup[2] != 1 or size != self.workgroup[0] or size % lanes:
@@ -340,7 +342,14 @@ class KernelEmitter:
         if self.ty(buf.dtype) not in ("f32", "i32", "u32"):
             return False  # 16-bit shuffles need another extension
         self.subgroup_lanes = max(self.subgroup_lanes, lanes)
-        self.emit(f"if ({SUBGROUP_SPEC}) {{")
+        for st, (loop, barrier) in zip(steps, zip(tree[::2], tree[1::2])):
+            self.emit(f"if ({SUBGROUP_SPEC} <= {st.half}) {{")
+            self.block(loop, sc)
+            self.indent += 1
+            self.stmt_(barrier, sc)
+            self.indent -= 1
+            self.emit("}")
+        self.emit(f"if ({SUBGROUP_SPEC} > 1) {{")
         self.indent += 1
         t, v = self.fresh("t"), self.fresh("v")
         name = buf_name(buf.name)
@@ -348,19 +357,11 @@ class KernelEmitter:
         self.emit(f"{self.glsl(buf.dtype)} {v} = {name}[{t}];")
         for st in steps:
             other = f"subgroupShuffleXor({v}, {st.half}u)"
-            combined = (
-                f"({v} {'+' if st.op == 'add' else '*'} {other})"
-                if st.op in ("add", "mul")
-                else f"{st.op}({v}, {other})"
-            )
-            self.emit(f"{v} = {combined};")
+            sym = {"add": "+", "mul": "*"}.get(st.op)
+            combined = f"({v} {sym} {other})" if sym else f"{st.op}({v}, {other})"
+            self.emit(f"if ({SUBGROUP_SPEC} > {st.half}) {{ {v} = {combined}; }}")
         self.emit(f"{name}[{t}] = {v};")
         self.emit(BARRIER)
-        self.indent -= 1
-        self.emit("} else {")
-        self.indent += 1
-        for s in tree:
-            self.stmt_(s, sc)
         self.indent -= 1
         self.emit("}")
         return True

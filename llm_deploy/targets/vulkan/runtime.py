@@ -125,7 +125,9 @@ class VulkanDevice(Device):
         shuffles = bool(sg.supportedOperations & SUBGROUP_SHUFFLE_BIT) and bool(
             sg.supportedStages & vk.VK_SHADER_STAGE_COMPUTE_BIT
         )
-        self.subgroup_size = int(sg.subgroupSize) if (subgroups and shuffles) else 0
+        size = int(sg.subgroupSize)
+        usable = subgroups and shuffles and size > 1 and size & (size - 1) == 0
+        self.subgroup_size = size if usable else 0
         f12 = vk.VkPhysicalDeviceVulkan12Features(
             sType=vk.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES
         )
@@ -579,9 +581,9 @@ class Pipeline:
             raise VulkanError(
                 f"kernel {kernel}: {count} storage buffers exceed this device's {lim['max-storage-buffers']}"
             )
-        self.subgroups = (
-            bool(shader.get("subgroup_lanes")) and device.subgroup_size >= shader["subgroup_lanes"]
-        )
+        # the subgroup size the shader's butterflies assume (0: the workgroup-memory tree only)
+        self.subgroup_size = device.subgroup_size if shader.get("subgroup_lanes") else 0
+        self.subgroups = self.subgroup_size > 1
         code = shader["spirv"]
         self.module = vk.vkCreateShaderModule(
             device.device,
@@ -626,7 +628,7 @@ class Pipeline:
         )
         spec = None
         if shader.get("subgroup_lanes"):
-            self._spec_data = vk.ffi.new("uint32_t[]", [int(self.subgroups)])
+            self._spec_data = vk.ffi.new("int32_t[]", [self.subgroup_size])
             spec = vk.VkSpecializationInfo(
                 mapEntryCount=1,
                 pMapEntries=[vk.VkSpecializationMapEntry(constantID=0, offset=0, size=4)],
