@@ -63,10 +63,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     if args.prompt is None:
         if sys.stdin.isatty():
-            print(
-                "llm-deploy chat: the interactive chat is not built yet; pass --prompt TEXT", file=sys.stderr
-            )
-            return 2
+            from llm_deploy.serve.chat import run_chat
+
+            sampling = {"temperature": args.temperature, "top_p": args.top_p, "seed": args.seed}
+            sampling["max_tokens"] = args.max_tokens
+            sampling = {k: v for k, v in sampling.items() if v is not None}
+            return run_chat(args.model, device=args.device, sampling=sampling)
         args.prompt = sys.stdin.read()
     runner = _runner(args.model, args.device)
     tokenizer = runner.artifact.tokenizer
@@ -81,6 +83,23 @@ def cmd_chat(args: argparse.Namespace) -> int:
     for text in generate(runner, tokenizer, ids, params):
         print(text, end="", flush=True)
     print()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from llm_deploy.serve.server import ServerConfig, serve
+
+    config = ServerConfig(
+        model_name=args.served_model_name,
+        api_key=args.api_key,
+        max_queue_len=args.max_queue_len,
+        max_request_bytes=args.max_request_bytes,
+        cors_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
+        cors_allow_credentials=args.allow_credentials,
+    )
+    engine = dict(device=args.device, quantization=args.quantization, num_threads=args.num_threads)
+    engine |= dict(max_num_seqs=args.max_num_seqs, kv_cache_bytes=args.kv_cache_bytes)
+    serve(args.model, config, host=args.host, port=args.port, log_level=args.log_level, **engine)
     return 0
 
 
@@ -136,13 +155,27 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON line")
     p.set_defaults(run=cmd_bench)
 
-    for name, help_text in (
-        ("serve", "serve an artifact over an OpenAI-compatible HTTP API"),
-        ("web", "serve a chat page that runs the model in the browser"),
-    ):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(run=_not_built(name))
+    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API, with a chat page")
+    p.add_argument("model", nargs="?", default="llama", help="artifact folder, preset name, HF folder, .gguf")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* (default: open)")
+    p.add_argument("--served-model-name", help="the model id clients use (default: the artifact's)")
+    p.add_argument("--device", choices=("cpu", "webgpu", "vulkan"))
+    p.add_argument("--quantization", help="weight format when building a model (default: the preset's)")
+    p.add_argument("--max-num-seqs", type=int, default=64, help="sequences decoded together at most")
+    p.add_argument("--max-queue-len", type=int, default=64, help="requests that may wait beyond a full batch")
+    p.add_argument("--max-request-bytes", type=int, default=4 << 20, help="larger bodies get a 413")
+    p.add_argument("--kv-cache-bytes", type=int, help="KV cache pool (default: 4 context windows)")
+    p.add_argument("--num-threads", type=int, help="kernel threads (default: every core)")
+    p.add_argument("--allowed-origins", default="", help="CORS: origins, comma-separated, or '*'")
+    p.add_argument("--allow-credentials", action="store_true", help="CORS: allow credentials")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.set_defaults(run=cmd_serve)
+
+    p = sub.add_parser("web", help="serve a chat page that runs the model in the browser")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(run=_not_built("web"))
     return parser
 
 

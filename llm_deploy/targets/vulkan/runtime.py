@@ -486,15 +486,20 @@ class VulkanDevice(Device):
         if len(self._sets) >= DESCRIPTOR_CACHE:
             _, (old, _) = self._sets.popitem(last=False)
             vk.vkFreeDescriptorSets(self.device, self.descriptor_pool, 1, [old])
-        ds = vk.vkAllocateDescriptorSets(
-            self.device,
-            vk.VkDescriptorSetAllocateInfo(
-                sType=vk.VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
-                descriptorPool=self.descriptor_pool,
-                descriptorSetCount=1,
-                pSetLayouts=[pipeline.set_layout],
-            ),
-        )[0]
+        info = vk.VkDescriptorSetAllocateInfo(
+            sType=vk.VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
+            descriptorPool=self.descriptor_pool,
+            descriptorSetCount=1,
+            pSetLayouts=[pipeline.set_layout],
+        )
+        try:
+            ds = vk.vkAllocateDescriptorSets(self.device, info)[0]
+        except (vk.VkErrorOutOfPoolMemory, vk.VkErrorFragmentedPool):
+            # sets binding many buffers used up the pool's descriptors: drop the older half
+            for _ in range(len(self._sets) // 2):
+                _, (old, _) = self._sets.popitem(last=False)
+                vk.vkFreeDescriptorSets(self.device, self.descriptor_pool, 1, [old])
+            ds = vk.vkAllocateDescriptorSets(self.device, info)[0]
         infos = [vk.VkDescriptorBufferInfo(buffer=b.handle, offset=o, range=s) for b, o, s in resources]
         writes = [
             vk.VkWriteDescriptorSet(
