@@ -186,20 +186,39 @@ def _kernel_name(call: Call, packing: Packing) -> str:
 
 
 def _dot_nest(
-    X: T.Buffer, Out: T.Buffer, jo: PrimExpr, i: PrimExpr, c: int, k: int, lanes: int, weight
+    X: T.Buffer, Out: T.Buffer, jo: PrimExpr, row0: PrimExpr, nrows: int, c: int, k: int, lanes: int, weight
 ) -> T.Stmt:
-    """Out[i, c*jo + r] = sum_k X[i, k] * weight(r, g, l) for the C rows r, with k = lanes*g + l:
-    `lanes` accumulators per row, each x vector loaded once for the C rows."""
-    acc = T.Buffer("acc", (c, lanes), F32, "local")
-    r, g, l = S.var("r"), S.var("g"), S.var("l")
-    zero = T.For(r, c, T.For(l, lanes, T.Store(acc, (r, l), T.Imm(0.0, F32)), "vectorized"), "unrolled")
-    fma = T.Store(acc, (r, l), acc[r, l] + X[i, lanes * g + l] * weight(r, g, l))
-    dot = T.For(g, k // lanes, T.For(l, lanes, T.For(r, c, fma, "unrolled"), "vectorized"))
-    total = acc[r, 0]
+    """Out[i, c*jo + r] = sum_k X[i, k] * weight(r, g, l) for the `nrows` rows i from `row0` and the
+    C rows r of W, k = lanes*g + l: a register block of nrows x C accumulators of `lanes` lanes
+    (independent chains of fused multiply-adds), each x vector used C times, each weight nrows."""
+    acc = T.Buffer("acc", (nrows, c, lanes), F32, "local")
+    t, r, g, l = S.var("t"), S.var("r"), S.var("g"), S.var("l")
+
+    def block(stmt: T.Stmt, vector: bool = True) -> T.Stmt:
+        """stmt for every (t, r) of the block (unrolled), innermost along the lanes."""
+        inner = T.For(r, c, T.For(t, nrows, stmt, "unrolled"), "unrolled")
+        return T.For(l, lanes, inner, "vectorized") if vector else inner
+
+    zero = block(T.Store(acc, (t, r, l), T.Imm(0.0, F32)))
+    fma = T.Store(acc, (t, r, l), acc[t, r, l] + X[row0 + t, lanes * g + l] * weight(r, g, l))
+    dot = T.For(g, k // lanes, block(fma))
+    total = acc[t, r, 0]
     for lane in range(1, lanes):
-        total = total + acc[r, lane]
-    store = T.For(r, c, T.Store(Out, (i, c * jo + r), total), "unrolled")
+        total = total + acc[t, r, lane]
+    store = block(T.Store(Out, (row0 + t, c * jo + r), total), vector=False)
     return T.Allocate(acc, T.seq(zero, dot, store))
+
+
+X_ROWS = 2  # rows of x per register block of the staged path (x C rows of W: 8 accumulators)
+X_TILE_BYTES = 1 << 17  # a tile of x's rows kept in L2 while W's rows stream past it
+
+
+def x_tile_rows(k: int) -> int:
+    """Rows of x per tile: a power of two (a multiple of X_ROWS) of about X_TILE_BYTES."""
+    rows = X_ROWS
+    while rows * 2 * k * 4 <= X_TILE_BYTES:
+        rows *= 2
+    return rows
 
 
 @register_legalize("dequantize_linear")
@@ -217,25 +236,43 @@ def _lower_dequantize_linear(
     X = T.Buffer("X", (rows, k), F32)
     Out = T.Buffer("Out", (rows, n_out), F32)
     c = _row_block(n_out)
-    jo, i, r = S.var("jo"), S.var("i"), S.var("rw")
+    jo, i, r, ti = S.var("jo"), S.var("i"), S.var("rw"), S.var("ti")
+    tasks = n_out // c
 
     # One row of x (decode): dequantize in registers, straight into the products.
     fused = T.For(
-        i, rows, _dot_nest(X, Out, jo, i, c, k, lanes, lambda r, g, l: value(bufs, c * jo + r, g, l))
+        i, rows, _dot_nest(X, Out, jo, i, 1, c, k, lanes, lambda r, g, l: value(bufs, c * jo + r, g, l))
     )
-    # Several rows: dequantize the C rows of W once into w, then every row of x against them.
+    # Several rows: a tile of x that stays in L2 at a time; for it, the C rows of W dequantized
+    # once into w, then every row of the tile against them, X_ROWS rows per register block.
     w = T.Buffer("w", (c, k), F32, "local")
     dequant = T.For(r, c, _dequant_row(bufs, w, [r], c * jo + r, packing, k, "w"))
-    dots = T.For(i, rows, _dot_nest(X, Out, jo, i, c, k, LANES, lambda r, g, l: w[r, LANES * g + l]))
-    staged = T.Allocate(w, T.seq(dequant, dots))
+
+    def from_w(r, g, l):
+        return w[r, LANES * g + l]
+
+    tile = x_tile_rows(k)
+    base = ti * tile
+    m = S.minimum(tile, rows - base)  # rows of this tile
+    io, it = S.var("io"), S.var("it")
+    full = S.floordiv(m, X_ROWS)
+    blocks = T.For(io, full, _dot_nest(X, Out, jo, base + X_ROWS * io, X_ROWS, c, k, LANES, from_w))
+    rest = T.For(
+        it, m - full * X_ROWS, _dot_nest(X, Out, jo, base + full * X_ROWS + it, 1, c, k, LANES, from_w)
+    )
+    staged = T.For(
+        ti,
+        S.floordiv(rows + (tile - 1), tile),
+        T.For(jo, tasks, T.Allocate(w, T.seq(dequant, blocks, rest)), "parallel"),
+    )
+    fused = T.For(jo, tasks, fused, "parallel")
     match rows:
         case S.IntImm(1):
-            per_task = fused
+            body = fused
         case S.IntImm():
-            per_task = staged
+            body = staged
         case _:
-            per_task = T.IfThenElse(T.binary("eq", rows, S.IntImm(1)), fused, staged)
-    body = T.For(jo, n_out // c, per_task, "parallel")
+            body = T.IfThenElse(T.binary("eq", rows, S.IntImm(1)), fused, staged)
     func = T.PrimFunc((X, *packed, Out), body, {"schedule": "manual"})
     return Lowered(func, tuple(call.args), (), _kernel_name(call, packing))
 
