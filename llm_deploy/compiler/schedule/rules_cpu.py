@@ -47,6 +47,7 @@ class CPUTarget:
     l2_bytes: int = 256 * 1024  # the budget a tile of X may take in L2
     gemm_block: tuple[int, int] = (4, 3)  # rows of X x rows of W per register block
     gemv_cols: int = 4  # rows of W per block when X has one row
+    tail_vectors: int = 2  # vectors per accumulator in the blocks of leftover rows (decode: n = 1)
     parallel_chunk: int = 4096  # elements a parallel task takes at least (smaller work: one task)
     notes: list[str] = field(default_factory=list, compare=False)
 
@@ -159,7 +160,7 @@ def matmul(f: T.PrimFunc, nest: Nest, t: CPUTarget) -> T.PrimFunc:
         f = _block_dot(f, f"{i}_o", [f"{i}_i", f"{j}_i"], lanes)
         if _has_loop(f, f"{i}_t"):
             tail = find_loop(f, f"{i}_t")
-            f = _block_dot(f, f"{i}_t", [tail.body.var.name], lanes)
+            f = _block_dot(f, f"{i}_t", [tail.body.var.name], lanes * t.tail_vectors)
     if _has_loop(f, f"{j}_t"):
         f = _rfactor_under(f, f"{j}_t", lanes)
     return tr.parallel(f, batch[0] if batch else f"{j}_o")
