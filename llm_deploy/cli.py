@@ -8,7 +8,8 @@ import sys
 from collections.abc import Callable
 
 TARGET_NAMES = ("llvm", "webgpu", "vulkan")
-BUILT_TARGETS = ("llvm", "vulkan")
+BUILT_TARGETS = ("llvm", "webgpu", "vulkan")
+DEVICE_TARGETS = {"cpu": "llvm", "webgpu": "webgpu", "vulkan": "vulkan"}  # --device -> what runs there
 
 
 def _not_built(name: str) -> Callable[[argparse.Namespace], int]:
@@ -52,9 +53,28 @@ def _runner(model: str, device: str | None, quantization: str | None = None):
     from llm_deploy.runtime.artifact import load_artifact
     from llm_deploy.runtime.model_runner import ModelRunner
 
-    target = {"cpu": "llvm", None: "llvm"}.get(device, device)
+    target = _device_target(model, device)
     _check_target(target)
     return ModelRunner(load_artifact(ensure_artifact(model, target, quantization)))
+
+
+def _device_target(model: str, device: str | None) -> str:
+    """The target to run: an artifact's own (`--device` defaults to it and must agree), else the
+    one for `--device` (default cpu)."""
+    from pathlib import Path
+
+    from llm_deploy.runtime.artifact import is_artifact
+
+    if is_artifact(model):
+        built = json.loads((Path(model) / "manifest.json").read_text())["target"]
+        if device is not None and DEVICE_TARGETS[device] != built:
+            runs_on = next((d for d, t in DEVICE_TARGETS.items() if t == built), built)
+            raise SystemExit(
+                f"llm-deploy: {model} was built for --target {built}, which runs on --device {runs_on}, "
+                f"not {device}; rebuild it with --target {DEVICE_TARGETS[device]}"
+            )
+        return built
+    return DEVICE_TARGETS[device or "cpu"]
 
 
 def cmd_chat(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from llm_deploy.compiler.passes.legalize import legalize
 from llm_deploy.compiler.passes.schedule import default_schedule
 from llm_deploy.compiler.vm_codegen import lower_to_vm
 from llm_deploy.runtime.executable import Executable
+from llm_deploy.targets.webgpu.lower_quantized import lower_quantized
 
 Pass = Callable[[IRModule], IRModule]
 
@@ -26,6 +27,15 @@ PIPELINES: dict[str, list[Pass]] = {
 # The same with the KV cache's numpy externs for attention instead of the paged kernels: the
 # reference to compare the kernels against.
 PIPELINES["kv_extern"] = [bind_kv_cache if p is lower_kv_cache else p for p in PIPELINES["default"]]
+
+
+def webgpu_schedule(mod: IRModule) -> IRModule:
+    """The GPU's default schedules: every tensor program bound to workgroups and threads."""
+    return default_schedule(mod, "webgpu")
+
+
+# WebGPU: the quantized ops as plain loops (the CPU's come scheduled), the GPU's schedules.
+PIPELINES["webgpu"] = [lower_kv_cache, lower_quantized, legalize, webgpu_schedule]
 
 
 def run_passes(
@@ -57,7 +67,11 @@ def build(
     """Optimize and lower `mod`, compile its tensor programs for `target`, and return the executable."""
     from llm_deploy.targets import get_target
 
-    passes = PIPELINES[pipeline] if isinstance(pipeline, str) else list(pipeline)
+    if isinstance(pipeline, str):
+        # "default" is the target's own pipeline where it has one.
+        passes = PIPELINES[target if pipeline == "default" and target in PIPELINES else pipeline]
+    else:
+        passes = list(pipeline)
     mod = run_passes(mod, passes, dump_dir, check)
     program, constants = lower_to_vm(mod)
     prim_funcs = {name: f for name, f in mod.items() if isinstance(f, tir.PrimFunc)}

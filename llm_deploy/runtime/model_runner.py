@@ -15,6 +15,7 @@ import numpy as np
 
 from llm_deploy.kv_cache import PagedKVCache
 from llm_deploy.runtime.artifact import Artifact
+from llm_deploy.runtime.vm import Device
 
 
 class ModelRunner:
@@ -28,13 +29,16 @@ class ModelRunner:
         page_size = opts["kv_page_size"]
         # Enough pages for one full context by default; the engine sizes it for its batch.
         pages = num_pages or -(-self.context_window // page_size) + 1
-        self.cache = PagedKVCache(
+        # Where the kernels run: the CPU, or the device a GPU target's kernels were loaded on,
+        # which keeps the weights and the KV pools (and may need its own kind of cache).
+        self.device = getattr(artifact.executable.kernels, "device", None) or Device()
+        self.cache = getattr(self.device, "kv_cache_type", PagedKVCache)(
             cfg["num_hidden_layers"], cfg["num_key_value_heads"], cfg["head_dim"],
             page_size=page_size, num_pages=pages, dtype=opts["kv_dtype"],
         )  # fmt: skip
-        self.vm = artifact.executable.vm()
+        self.vm = artifact.executable.vm(device=self.device)
         self._prefill, self._decode, self._score = self.vm["prefill"], self.vm["decode"], self.vm["score"]
-        self.params = artifact.params
+        self.params = [self.device.from_host(p, persistent=True) for p in artifact.params]  # once
 
     # -- sequences
     def add_sequence(self, seq_id: int) -> None:
@@ -67,7 +71,8 @@ class ModelRunner:
 
     def _run(self, fn, *inputs) -> np.ndarray:
         try:
-            out = fn(*inputs, self.cache, *self.params)
+            inputs = [self.device.from_host(a) for a in inputs]
+            out = self.device.to_host(fn(*inputs, self.cache, *self.params))  # the step's one readback
         except BaseException:
             self.cache.cancel_forward()
             raise

@@ -454,8 +454,9 @@ def _plain_message(m: Mapping[str, Any]) -> dict[str, Any]:
 def _load_artifact(model: Any, device: str | None, quantization: str | None, num_threads: int | None):
     from llm_deploy.runtime.artifact import Artifact, is_artifact, load_artifact
 
-    if device not in (None, "cpu"):
-        raise ValueError(f"device {device!r} is not available in this build; available: cpu")
+    targets = {None: "llvm", "cpu": "llvm", "vulkan": "vulkan"}  # --device -> the target that runs there
+    if device not in targets:
+        raise ValueError(f"device {device!r} is not available in this build; available: cpu, vulkan")
     if isinstance(model, Artifact):
         return model
     if not isinstance(model, (str, os.PathLike)):
@@ -466,7 +467,7 @@ def _load_artifact(model: Any, device: str | None, quantization: str | None, num
         return load_artifact(model, num_threads)
     from llm_deploy.build import ensure_artifact  # needs the compiler: only for models not yet built
 
-    return load_artifact(ensure_artifact(model, "llvm", quantization), num_threads)
+    return load_artifact(ensure_artifact(model, targets[device], quantization), num_threads)
 
 
 def _pool_pages(artifact: Any, num_pages: int | None, kv_cache_bytes: int | None) -> int:

@@ -105,3 +105,19 @@ def test_default_model_on_vulkan_gives_the_cpu_first_tokens(
         "tokens_per_s": round(1 / last["seconds"], 2),
     }
     print("\n" + json.dumps(report))
+
+
+def test_the_serving_engine_runs_a_vulkan_artifact(tiny_vulkan, tiny_artifact):
+    """`serve --device vulkan` and `chat --device vulkan`: the engine on the Vulkan artifact
+    answers as the CPU one does."""
+    from llm_deploy.serve.api import Engine
+
+    path, _ = tiny_vulkan
+    texts = {}
+    for device, artifact in (("vulkan", path), ("cpu", tiny_artifact)):
+        with Engine(str(artifact), device=device) as engine:
+            kernels = engine.artifact.executable.kernels
+            r = engine.completions.create(model="m", prompt=[1, 72, 101], max_tokens=6, temperature=0)
+            texts[device] = (r.choices[0].text, type(kernels).__module__.split(".")[-2])
+    assert texts["vulkan"][1] == "vulkan" and texts["cpu"][1] == "llvm"
+    assert texts["vulkan"][0] == texts["cpu"][0]

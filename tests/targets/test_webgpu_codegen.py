@@ -196,3 +196,28 @@ def test_the_shaders_of_a_module_are_one_wgsl_file_with_a_header_per_shader():
     text = module.sources()
     assert text.count("// kernel sum shader 0") == 1 and text.count("// kernel copy shader 0") == 1
     assert text.count("@compute") == 2
+
+
+def test_a_kernel_over_the_storage_buffer_limit_shares_one_binding_among_small_inputs(gpu):  # noqa: F811
+    """Six inputs (two int index arrays among them) and an output under a limit of 4 bindings:
+    the int arrays, then per-step float ones, are copied into one binding per dispatch."""
+    m = S.var("m")
+    xs = [T.Buffer(f"x{q}", (n,)) for q in range(3)]
+    idx = [T.Buffer(f"i{q}", (n,), "int32") for q in range(2)]
+    w = T.Buffer("w", (m, 2))
+    out = T.Buffer("out", (n,))
+    value = xs[0][i] * xs[1][i] - xs[2][i] + T.cast("float32", idx[0][i] * idx[1][i]) + w[0, 1]
+    f = T.PrimFunc((*xs, *idx, w, out), T.For(i, n, T.Store(out, (i,), value)))
+    module = codegen({"k": f}, WebGPUOptions(max_storage_buffers=4))
+    shader = module.specs[0]["shaders"][0]
+    assert shader["merged"] == ["x0", "x1", "i0", "i1"]  # binding order
+    assert len(shader["bindings"]) + 1 == 4 and "b_merged" in shader["code"]
+    rng = np.random.default_rng(0)
+    for size in (1, 300):
+        args = [rng.standard_normal(size).astype(np.float32) for _ in range(3)]
+        args += [rng.integers(-9, 9, size).astype(np.int32) for _ in range(2)]
+        args.append(rng.standard_normal((3, 2)).astype(np.float32))
+        dev_out = gpu.alloc((size,), "float32")
+        module["k"](*[gpu.from_host(a) for a in args], dev_out)
+        expected = args[0] * args[1] - args[2] + (args[3] * args[4]).astype(np.float32) + args[5][0, 1]
+        np.testing.assert_allclose(gpu.to_host(dev_out), expected, rtol=1e-5, atol=1e-5)

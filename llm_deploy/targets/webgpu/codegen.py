@@ -30,6 +30,8 @@ from llm_deploy.targets.webgpu.wgsl import Binding, CodegenError
 
 # The alignment of a storage binding's offset that every adapter accepts.
 OFFSET_ALIGNMENT = 256
+# A constant-size read-only buffer (a weight) larger than this is never copied to share a binding.
+MERGE_MAX_STATIC_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -194,17 +196,12 @@ class _HostSplit:
         for name in [b for b in self.globals if b in used and b not in local_allocs]:
             buf = self.globals[name]
             bindings[name] = self.binding(buf, name in written)
-        count = sum(b.chunks for b in bindings.values())
-        if count > self.options.max_storage_buffers:
-            raise self.error(
-                f"a kernel binds {count} storage buffers ({', '.join(bindings)}), more than the "
-                f"{self.options.max_storage_buffers} a shader stage may have"
-            )
+        merged = self.merge(bindings)
         free = _free_names(s)
         for b in bindings.values():
             for d in b.buffer.shape:
                 free |= S.free_vars(d)
-        uniforms = [v for v in self.sig.vars if v in free]
+        uniforms = [v for v in self.sig.vars if v in free] + [wgsl.merged_offset(m) for m in merged]
         em = wgsl.KernelEmitter(
             f"{self.name}#{len(self.shaders)}",
             s,
@@ -215,7 +212,7 @@ class _HostSplit:
         )
         src = em.build()
         shared = sum(
-            math.prod(d.value for d in b.shape) * dtype(b.dtype).device_itemsize for b in em.shared.values()
+            math.prod(d.value for d in b.shape) * _scratch_bytes(b.dtype) for b in em.shared.values()
         )
         if shared > self.options.max_workgroup_storage:
             raise self.error(
@@ -233,7 +230,9 @@ class _HostSplit:
                         "chunk_words": b.chunk_words,
                     }
                     for b in src.bindings
+                    if not b.merged
                 ],
+                "merged": merged,
                 "uniforms": src.uniforms,
                 "grid": [_expr(g) for g in src.grid],
                 "linear": src.linear,
@@ -243,18 +242,57 @@ class _HostSplit:
         )
         return len(self.shaders) - 1
 
+    def merge(self, bindings: dict[str, Binding]) -> list[str]:
+        """Keep a kernel within the storage buffers a stage may bind: when it needs more, the
+        smallest read-only buffers (index arrays first, never a large constant-size one) are
+        copied into one binding before the dispatch and read at word offsets. Rewrites
+        `bindings` in place; returns the merged buffers' names, in binding order."""
+        limit = self.options.max_storage_buffers
+        count = sum(b.chunks for b in bindings.values())
+        if count <= limit:
+            return []
+
+        def static_bytes(b: Binding) -> int:
+            shape = b.buffer.shape
+            if all(isinstance(d, S.IntImm) for d in shape):
+                return math.prod(d.value for d in shape) * dtype(b.buffer.dtype).itemsize
+            return 0  # per-step data: activations, page tables
+
+        candidates = [
+            b
+            for b in bindings.values()
+            if not b.writable and b.chunks == 1 and dtype(b.buffer.dtype).storage != "f16"
+            and static_bytes(b) <= MERGE_MAX_STATIC_BYTES
+        ]  # fmt: skip
+        candidates.sort(key=lambda b: (dtype(b.buffer.dtype).storage == "f32", static_bytes(b)))
+        need = count - limit + 1  # merging k buffers frees k - 1 bindings
+        if len(candidates) < need:
+            raise self.error(
+                f"a kernel binds {count} storage buffers ({', '.join(bindings)}), more than the {limit} "
+                f"a shader stage may have, and only {len(candidates)} are small read-only ones that could share one"
+            )
+        names = [b.buffer.name for b in candidates[:need]]
+        for name in names:
+            bindings[name] = Binding(bindings[name].buffer, False, merged=True)
+        return [name for name in bindings if name in names]
+
     def binding(self, buf: T.Buffer, writable: bool) -> Binding:
         """One binding, or chunks when the buffer's (static) size exceeds what one may hold."""
         d = dtype(buf.dtype)
         if not all(isinstance(x, S.IntImm) for x in buf.shape):
             return Binding(buf, writable)
-        words = math.prod(x.value for x in buf.shape) * d.words
+        words = -(-math.prod(x.value for x in buf.shape) * d.itemsize // d.word_bytes)
         limit = self.options.max_binding_bytes // d.word_bytes
         if words <= limit:
             return Binding(buf, writable)
         step = OFFSET_ALIGNMENT // d.word_bytes  # chunks start at aligned offsets, whole elements
         chunk_words = limit // step * step
         return Binding(buf, writable, -(-words // chunk_words), chunk_words)
+
+
+def _scratch_bytes(dt: str) -> int:
+    """Bytes of an element of a workgroup array (its WGSL value type: f16 2, others 4)."""
+    return 2 if dtype(dt).wgsl == "f16" else 4
 
 
 def _expr(e: PrimExpr) -> str | int:

@@ -56,7 +56,8 @@ SERIAL_REDUCTION = 32  # reductions shorter than this fold in one thread
 GEMV_ROWS = 4  # matrix products with at most this many rows use the reduction rule
 TILE = 4  # outputs per thread along each dim in the matrix-matrix rule
 TILE_THREADS = 8  # threads along each dim of a matrix-matrix workgroup (8x8: 32x32 outputs)
-REDUCE_THREADS_SYMBOLIC = 64  # threads per output when the reduction length is symbolic
+REDUCE_LANES = 32  # at most this many threads reduce one output (a GPU's SIMD width)
+REDUCE_ROWS = 8  # outputs per workgroup in the reduction rule
 
 
 def schedule(f: T.PrimFunc, options: WebGPUOptions | None = None) -> T.PrimFunc:
@@ -175,57 +176,71 @@ class _Context:
     def cross_thread(
         self, spatial: list[T.For], lets: list[T.Let], red: _Reduction, length: PrimExpr, bound: int | None
     ) -> T.Stmt:
-        """One workgroup per output: strided partial folds, then a tree through shared memory."""
-        cap = self.options.max_workgroup_size
-        if isinstance(length, S.IntImm):
-            threads = min(cap, max(32, 1 << (max(1, length.value // 8) - 1).bit_length()))
-        else:
-            threads = min(cap, REDUCE_THREADS_SYMBOLIC)
+        """`rows` outputs per workgroup, `lanes` threads per output: each lane folds a strided
+        slice of k, then each row's lanes combine through workgroup memory in halving steps."""
+        lanes, rows = self.reduce_shape(length)
+        threads = lanes * rows
         bx = self.var("bx")
-        outer = _decompose(bx, spatial)
+        total = _product([lp.extent for lp in spatial])
+
+        def output(t: PrimExpr) -> PrimExpr:
+            return bx * rows + S.floordiv(t, lanes) if rows > 1 else bx
+
+        def at_output(t: PrimExpr, body: T.Stmt) -> T.Stmt:
+            """`body` for the output of thread t (nothing past the last output)."""
+            body = subst(_wrap_lets(lets, body), _decompose(output(t), spatial))
+            if rows > 1 and not self.analyzer.can_prove_equal(S.floormod(total, rows), 0):
+                body = T.IfThenElse(T.binary("lt", output(t), total), body)
+            return body
+
         shared = {
             a.name: T.Buffer(self.fresh(f"{a.name}_red"), (threads,), a.dtype, "shared") for a in red.accs
         }
-
-        def in_thread(body: T.Stmt) -> tuple[SymVar, T.Stmt]:
-            t = self.var("tx")
-            return t, subst(_wrap_lets(lets, body), outer)
-
-        # phase 1: each thread folds k = ko * threads + t
+        # phase 1: lane l of a row folds k = ko * lanes + l into private accumulators
         t1, ko = self.var("tx"), self.var("ko")
-        kf = ko * threads + t1
+        kf = ko * lanes + S.floormod(t1, lanes)
         update = subst(red.update, _decompose(kf, red.loops))
-        if not self.analyzer.can_prove_equal(S.floormod(length, threads), 0):
+        if not self.analyzer.can_prove_equal(S.floormod(length, lanes), 0):
             update = T.IfThenElse(T.binary("lt", kf, length), update)
-        fold = T.For(ko, S.floordiv(length + (threads - 1), threads), update)
+        fold = at_output(t1, T.For(ko, S.floordiv(length + (lanes - 1), lanes), update))
         keep = [T.Store(shared[a.name], (t1,), T.Load(a, (S.const(0),))) for a in red.accs]
-        phase1 = _alloc_all(red.accs, T.seq(*red.inits, fold, *keep))
-        phase1 = T.For(t1, threads, subst(_wrap_lets(lets, phase1), outer), "thread", "threadIdx.x")
+        phase1 = T.For(
+            t1, threads, _alloc_all(red.accs, T.seq(*red.inits, fold, *keep)), "thread", "threadIdx.x"
+        )
 
-        # tree: halve the active threads until one value is left
+        # each row's lanes: halve the active ones until one value is left
         steps: list[T.Stmt] = [phase1, T.Barrier()]
-        half = threads // 2
+        half = lanes // 2
         while half >= 1:
             t = self.var("tx")
-            steps.append(T.For(t, half, _combine(red, shared, t, half), "thread", "threadIdx.x"))
+            combine = _combine(red, shared, t, half)
+            if rows > 1:
+                combine = T.IfThenElse(T.binary("lt", S.floormod(t, lanes), half), combine)
+                steps.append(T.For(t, threads - half, combine, "thread", "threadIdx.x"))
+            else:
+                steps.append(T.For(t, half, combine, "thread", "threadIdx.x"))
             steps.append(T.Barrier())
             half //= 2
 
-        # one thread finishes: the accumulators from slot 0, then the original final stores
-        t, last = in_thread(
-            _alloc_all(
-                red.accs,
-                T.seq(
-                    *(T.Store(a, (S.const(0),), T.Load(shared[a.name], (S.const(0),))) for a in red.accs),
-                    *red.finals,
-                ),
-            )
-        )
-        steps.append(T.For(t, 1, last, "thread", "threadIdx.x"))
+        # a thread per row finishes: the accumulators from the row's slot 0, then the final stores
+        t = self.var("tx")
+        first = (t * lanes,)
+        load = [T.Store(a, (S.const(0),), T.Load(shared[a.name], first)) for a in red.accs]
+        last = _alloc_all(red.accs, T.seq(*load, *red.finals))
+        steps.append(T.For(t, rows, at_output(t * lanes, last), "thread", "threadIdx.x"))
         body: T.Stmt = T.seq(*steps)
         for buf in shared.values():
             body = T.Allocate(buf, body)
-        return T.For(bx, _product([lp.extent for lp in spatial]), body, "thread", "blockIdx.x")
+        return T.For(bx, S.floordiv(total + (rows - 1), rows), body, "thread", "blockIdx.x")
+
+    def reduce_shape(self, length: PrimExpr) -> tuple[int, int]:
+        """(lanes per output, outputs per workgroup) for a reduction of `length`."""
+        cap = self.options.max_workgroup_size
+        if isinstance(length, S.IntImm):
+            lanes = min(cap, REDUCE_LANES, max(8, 1 << (max(1, length.value // 16) - 1).bit_length()))
+        else:
+            lanes = min(cap, REDUCE_LANES)
+        return lanes, max(1, min(REDUCE_ROWS, cap // lanes))
 
     def matmul(self, spatial: list[T.For], lets: list[T.Let], red: _Reduction) -> T.Stmt | None:
         """A host branch: the reduction rule for few rows, register tiles for many."""

@@ -39,7 +39,6 @@ from llm_deploy.runtime.symbolic import compile_expr
 from llm_deploy.runtime.vm import Device
 from llm_deploy.targets.llvm.abi import KernelSignature
 from llm_deploy.targets.webgpu.dtypes import dtype as device_dtype
-from llm_deploy.targets.webgpu.dtypes import from_device, to_device
 
 FORMAT = "llm_deploy.webgpu_kernels/1"
 UNIFORM_SLOT = 256  # bytes per dispatch in the uniform arena: any adapter's offset alignment
@@ -110,16 +109,25 @@ def _bucket(nbytes: int) -> int:
 class GPUTensor:
     """An n-d array in a device buffer. `shape` and `dtype` are what numpy would say."""
 
-    __slots__ = ("shape", "dtype", "device", "buffer", "size_bytes", "__weakref__")
+    __slots__ = ("shape", "dtype", "device", "buffer", "offset", "size_bytes", "base", "__weakref__")
 
     def __init__(
-        self, device: WebGPUDevice, shape: tuple[int, ...], dtype: str, buffer: Any, size_bytes: int
+        self,
+        device: WebGPUDevice,
+        shape: tuple[int, ...],
+        dtype: str,
+        buffer: Any,
+        size_bytes: int,
+        offset: int = 0,
+        base: GPUTensor | None = None,
     ):
         self.shape = tuple(int(d) for d in shape)
         self.dtype = np.dtype(dtype)
         self.device = device
         self.buffer = buffer
-        self.size_bytes = size_bytes  # of the buffer (>= nbytes)
+        self.offset = offset  # bytes into the buffer (a multiple of 256: bindings start there)
+        self.size_bytes = size_bytes  # bytes from offset that kernels may bind (>= nbytes)
+        self.base = base  # the tensor owning the buffer, kept alive by its views
 
     @property
     def ndim(self) -> int:
@@ -131,8 +139,7 @@ class GPUTensor:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the device representation (see dtypes.py)."""
-        return self.size * device_dtype(self.dtype.name).device_itemsize
+        return self.size * self.dtype.itemsize
 
     def __len__(self) -> int:
         if not self.shape:
@@ -195,6 +202,13 @@ class WebGPUDevice(Device):
         return f"WebGPUDevice({self.info.get('device', '?')}, {self.info.get('backend_type', '?')})"
 
     @property
+    def kv_cache_type(self) -> type:
+        """The paged KV cache a model runner on this device uses (its pools live here)."""
+        from llm_deploy.targets.webgpu.externs import DevicePagedKVCache
+
+        return DevicePagedKVCache
+
+    @property
     def has_f16(self) -> bool:
         return F16_FEATURE in self.features
 
@@ -232,11 +246,38 @@ class WebGPUDevice(Device):
     def alloc(self, shape: tuple[int, ...], dtype: str, fresh: bool = False) -> GPUTensor:
         """An uninitialized tensor from the pool (returned to it when the tensor is dropped).
         `fresh`: a new buffer, never one that work recorded in this step may still use."""
-        nbytes = math.prod(shape) * device_dtype(str(dtype)).device_itemsize
-        size = _bucket(nbytes)
+        device_dtype(str(dtype))  # fails early on dtypes WebGPU cannot hold
+        size = _bucket(math.prod(shape) * np.dtype(dtype).itemsize)
         t = GPUTensor(self, shape, dtype, self._buffer(size, fresh), size)
         weakref.finalize(t, self._release, size, t.buffer)
         return t
+
+    def alloc_storage(self, nbytes: int) -> GPUTensor:
+        """A block that planned tensors are views of (allocated once by the VM, then reused)."""
+        size = -(-max(nbytes, 16) // 256) * 256
+        return GPUTensor(self, (size,), "uint8", self._buffer(size, fresh=True), size)
+
+    def view(self, storage: GPUTensor, offset: int, shape: tuple[int, ...], dtype: str) -> GPUTensor:
+        """A tensor at byte `offset` of `storage`. Bindings must start at multiples of 256 bytes;
+        a tensor planned at another offset gets a buffer of its own (the same values, only less
+        memory saved)."""
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        if offset + nbytes > storage.size_bytes:
+            raise WebGPUError(
+                f"a {dtype} tensor of shape {shape} does not fit its storage of {storage.size_bytes} bytes"
+            )
+        if offset % 256:
+            return self.alloc(shape, dtype)
+        size = min(storage.size_bytes - offset, -(-max(nbytes, 4) // 4) * 4)
+        return GPUTensor(self, shape, dtype, storage.buffer, size, storage.offset + offset, storage)
+
+    def reshape(self, value: GPUTensor, shape: tuple[int, ...]) -> GPUTensor:
+        """The same elements under another shape: the same buffer."""
+        if math.prod(shape) != value.size:
+            raise WebGPUError(f"cannot reshape a tensor of shape {value.shape} to {shape}")
+        return GPUTensor(
+            self, shape, value.dtype.name, value.buffer, value.size_bytes, value.offset, value.base or value
+        )
 
     def from_host(self, array: Any, persistent: bool = False) -> Any:
         """`array` on the device. Persistent tensors (weights, constants) are written at once and
@@ -254,19 +295,31 @@ class WebGPUDevice(Device):
             raise KernelCallError(
                 f"cannot write an array of shape {array.shape} into a tensor of shape {tensor.shape}"
             )
-        data = to_device(np.asarray(array, dtype=tensor.dtype)).tobytes()
+        data = np.ascontiguousarray(array, dtype=tensor.dtype).tobytes()
         if len(data) % 4:
             data += b"\0" * (4 - len(data) % 4)
         if not data:
             return
         if immediate:
-            self.queue.write_buffer(tensor.buffer, 0, data)
+            self.queue.write_buffer(tensor.buffer, tensor.offset, data)
             return
         offset = len(self._staging)
         self._staging += data
         self._staging += b"\0" * (-len(self._staging) % 256)
-        self._commands.append(("copy", offset, tensor.buffer, len(data), tensor))
+        self._commands.append(("copy", offset, tensor, len(data)))
         self.stats["uploads"] += 1
+
+    def copy(self, src: GPUTensor, src_offset: int, dst: GPUTensor, dst_offset: int, nbytes: int) -> None:
+        """Copy bytes between tensors, in the step's command stream (offsets, sizes: multiples of 4)."""
+        if nbytes <= 0:
+            return
+        if (src_offset | dst_offset | nbytes) % 4:
+            raise WebGPUError(
+                f"device copies move whole words: offsets {src_offset}, {dst_offset}, size {nbytes}"
+            )
+        self._commands.append(
+            ("move", src.buffer, src.offset + src_offset, dst.buffer, dst.offset + dst_offset, nbytes)
+        )
 
     # -- recording
     def record_dispatch(
@@ -310,18 +363,23 @@ class WebGPUDevice(Device):
                 cpass.set_bind_group(0, self._bind_group(pipeline, resources), offsets)
                 cpass.dispatch_workgroups(*grid)
             else:
-                _, offset, buffer, size, _t = cmd
                 if cpass is not None:
                     cpass.end()
                     cpass = None
-                encoder.copy_buffer_to_buffer(self._upload_arena, offset, buffer, 0, size)
+                if cmd[0] == "copy":  # an upload from the staging arena
+                    _, offset, tensor, size = cmd
+                    encoder.copy_buffer_to_buffer(
+                        self._upload_arena, offset, tensor.buffer, tensor.offset, size
+                    )
+                else:
+                    encoder.copy_buffer_to_buffer(*cmd[1:])
         if cpass is not None:
             cpass.end()
         reads = []
         for t in readbacks:
             size = max(4, -(-t.nbytes // 4) * 4)
             rb = self._read_buffer(size)
-            encoder.copy_buffer_to_buffer(t.buffer, 0, rb, 0, size)
+            encoder.copy_buffer_to_buffer(t.buffer, t.offset, rb, 0, size)
             reads.append((t, rb, size))
         self.queue.submit([encoder.finish()])
         self.stats["submissions"] += 1
@@ -335,8 +393,7 @@ class WebGPUDevice(Device):
             raw = np.frombuffer(rb.read_mapped(), dtype=np.uint8)[: t.nbytes].copy()
             rb.unmap()
             self._read_buffers.setdefault(size, []).append(rb)
-            d = device_dtype(t.dtype.name)
-            out.append(from_device(raw.view(d.device).reshape(t.shape), t.dtype.name))
+            out.append(raw.view(t.dtype).reshape(t.shape))
             self.stats["readbacks"] += 1
         return out
 
@@ -472,7 +529,7 @@ class Pipeline:
             or math.prod(wg) > lim["max-compute-invocations-per-workgroup"]
         ):
             raise WebGPUError(f"kernel {kernel}: workgroup size {wg} exceeds this device's limits")
-        storage = sum(b["chunks"] for b in shader["bindings"])
+        storage = sum(b["chunks"] for b in shader["bindings"]) + bool(shader["merged"])
         if storage > lim["max-storage-buffers-per-shader-stage"]:
             raise WebGPUError(
                 f"kernel {kernel}: {storage} storage buffers exceed this device's "
@@ -497,6 +554,11 @@ class Pipeline:
                 entries.append(
                     {"binding": binding, "visibility": wgpu.ShaderStage.COMPUTE, "buffer": {"type": kind}}
                 )
+        if shader["merged"]:
+            kind = wgpu.BufferBindingType.read_only_storage
+            entries.append(
+                {"binding": binding + 1, "visibility": wgpu.ShaderStage.COMPUTE, "buffer": {"type": kind}}
+            )
         try:
             module = device.device.create_shader_module(code=shader["code"], label=f"{kernel}#{index}")
             self.layout = device.device.create_bind_group_layout(entries=entries)
@@ -595,6 +657,7 @@ class Kernel:
             raise WebGPUError(f"kernel {self.name}: grid {grid} exceeds {limit} workgroups per dimension")
         resources = []
         max_binding = device.max_binding_bytes
+        values = [env[u] for u in shader["uniforms"][: len(shader["uniforms"]) - len(shader["merged"])]]
         for b in shader["bindings"]:
             t = bufs[b["buffer"]]
             if b["chunks"] == 1:
@@ -603,14 +666,27 @@ class Kernel:
                         f"kernel {self.name}: {b['buffer']} {t.shape} takes {t.size_bytes} bytes, more than "
                         f"one storage binding may hold on this device ({max_binding}); use shorter inputs"
                     )
-                resources.append((t.buffer, 0, t.size_bytes))
+                resources.append((t.buffer, t.offset, t.size_bytes))
                 continue
             chunk = b["chunk_words"] * device_dtype(b["dtype"]).word_bytes
             for c in range(b["chunks"]):
                 offset = c * chunk
                 size = min(chunk, t.size_bytes - offset)
-                resources.append((t.buffer, offset, size) if size > 0 else (device.dummy(), 0, 256))
-        device.record_dispatch(pipeline, resources, [env[u] for u in shader["uniforms"]], tuple(grid))
+                resources.append(
+                    (t.buffer, t.offset + offset, size) if size > 0 else (device.dummy(), 0, 256)
+                )
+        if shader["merged"]:
+            # small read-only inputs copied side by side into one binding, read at word offsets
+            parts = [bufs[name] for name in shader["merged"]]
+            sizes = [-(-max(t.nbytes, 4) // 256) * 256 for t in parts]
+            merged = device.alloc((sum(sizes),), "uint8")
+            offset = 0
+            for t, size in zip(parts, sizes):
+                device.copy(t, 0, merged, offset, -(-t.nbytes // 4) * 4)
+                values.append(offset // 4)
+                offset += size
+            resources.append((merged.buffer, merged.offset, merged.size_bytes))
+        device.record_dispatch(pipeline, resources, values, tuple(grid))
 
     def _bad_arg(self, i: int, arg: Any, env: Mapping[str, int] | None = None) -> KernelCallError:
         p = self.signature.params[i]

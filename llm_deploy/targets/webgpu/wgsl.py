@@ -33,9 +33,10 @@ from llm_deploy.compiler import shape as S
 from llm_deploy.compiler import tir as T
 from llm_deploy.compiler.shape import PrimExpr, SymVar
 from llm_deploy.targets.webgpu.dtypes import NARROW_BITS, DType, dtype
-from llm_deploy.targets.webgpu.walk import children, stmt_values, walk_values
+from llm_deploy.targets.webgpu.walk import children, stmt_values, walk, walk_values
 
 GRID_TAGS = ("blockIdx.x", "blockIdx.y", "blockIdx.z")
+MERGED = "b_merged"  # one binding holding copies of several small read-only buffers
 THREAD_TAGS = ("threadIdx.x", "threadIdx.y", "threadIdx.z")
 AXIS = {"x": 0, "y": 1, "z": 2}
 
@@ -52,6 +53,7 @@ class Binding:
     writable: bool
     chunks: int = 1
     chunk_words: int = 0  # 0: one binding holds the whole buffer
+    merged: bool = False  # read from the shared MERGED binding at a word offset (a uniform)
 
 
 @dataclass
@@ -155,6 +157,7 @@ class KernelEmitter:
         self.workgroup = [1, 1, 1]
         self.grid: list[PrimExpr] = [S.const(1), S.const(1), S.const(1)]
         self.linear = False
+        self.half_words: set[str] = set()  # float16 buffers only ever read as float32 (see build)
 
     # -- errors
     def error(self, what: str) -> CodegenError:
@@ -180,6 +183,7 @@ class KernelEmitter:
     # -- the shader
     def build(self) -> KernelSource:
         self._scan_launch(self.stmt)
+        self.half_words = _read_as_f32(self.stmt, self.bindings)
         an = S.Analyzer()
         for u in self.uniforms:
             if u not in self.int_scalars:
@@ -198,12 +202,19 @@ class KernelEmitter:
             head.append("@group(0) @binding(0) var<uniform> dims: Dims;")
         slot = 1
         for b in self.bindings.values():
+            if b.merged:
+                continue
             d = dtype(b.buffer.dtype)
             access = "read_write" if b.writable else "read"
+            word = f"atomic<{d.storage}>" if _atomic(b) else d.storage
+            if b.buffer.name in self.half_words:
+                word = "u32"
             for c in range(b.chunks):
                 name = buf_name(b.buffer.name) + (f"_{c}" if b.chunks > 1 else "")
-                head.append(f"@group(0) @binding({slot}) var<storage, {access}> {name}: array<{d.storage}>;")
+                head.append(f"@group(0) @binding({slot}) var<storage, {access}> {name}: array<{word}>;")
                 slot += 1
+        if any(b.merged for b in self.bindings.values()):
+            head.append(f"@group(0) @binding({slot}) var<storage, read> {MERGED}: array<u32>;")
         for buf in self.shared.values():
             head.append(
                 f"var<workgroup> {buf_name(buf.name)}: array<{self.wgsl_type(buf.dtype)}, {_size(buf)}>;"
@@ -356,10 +367,9 @@ class KernelEmitter:
         b = self._binding(buf)
         d = dtype(buf.dtype)
         flat = self.flat_index(buf, indices, sc)
-        if buf.dtype in NARROW_BITS:
-            code = _wrap_narrow(code, buf.dtype)
-        if buf.dtype == "bool":
-            code = f"select(0u, 1u, {code})"
+        if d.per_word > 1:
+            self.store_packed(b, d, flat, code)
+            return
         if d.words == 2:
             t = self.fresh("v")
             w = self.fresh("w")
@@ -369,6 +379,24 @@ class KernelEmitter:
             self.emit(_word_store(b, w, t) + " " + _word_store(b, f"{w} + 1", hi))
             return
         self.emit(_word_store(b, flat, code))
+
+    def store_packed(self, b: Binding, d: DType, flat: str, code: str) -> None:
+        """Set one element of a word shared with neighbours: clear its bits, then or them in."""
+        if b.chunks > 1:
+            raise self.error(
+                f"writing {b.buffer.name}, a {d.name} buffer split into chunks, is not supported"
+            )
+        mask = (1 << d.bits) - 1
+        bits = "select(0u, 1u, {})" if d.name == "bool" else "(u32({}) & " + f"{mask}u)"
+        i, v, sh = self.fresh("i"), self.fresh("v"), self.fresh("s")
+        name = buf_name(b.buffer.name)
+        self.emit("{")
+        self.emit(f"  let {i} = {flat};")
+        self.emit(f"  let {v} = {bits.format(code)};")
+        self.emit(f"  let {sh} = u32({i} % {d.per_word}) * {d.bits}u;")
+        self.emit(f"  atomicAnd(&{name}[{i} / {d.per_word}], ~({mask}u << {sh}));")
+        self.emit(f"  atomicOr(&{name}[{i} / {d.per_word}], {v} << {sh});")
+        self.emit("}")
 
     # -- values: (code, tir dtype)
     def value(self, e: T.Value, sc: _Scope) -> tuple[str, str]:
@@ -390,6 +418,11 @@ class KernelEmitter:
                 return self.binary(op, a, b, sc), T.dtype_of(e)
             case T.Intrin(name, args):
                 return self.intrinsic(name, args, sc), T.dtype_of(e)
+            case T.Cast("float32", T.Load(buf, indices)) if buf.name in self.half_words:
+                # float16 read straight into float32: two halves per u32 word, no f16 extension
+                flat = self.flat_index(buf, indices, sc)
+                word = _word_load(self.bindings[buf.name], f"({flat}) / 2")
+                return f"unpack2x16float({word})[({flat}) % 2]", "float32"
             case T.Cast(dt, v):
                 code, src = self.value(v, sc)
                 return self.convert(code, src, dt), dt
@@ -424,8 +457,15 @@ class KernelEmitter:
         flat = self.flat_index(buf, indices, sc)
         if d.words == 2:
             return _word_load(b, f"2 * ({flat})")
-        word = _word_load(b, flat)
-        return f"({word} != 0u)" if buf.dtype == "bool" else word
+        if d.per_word == 1:
+            return _word_load(b, flat)
+        word = _word_load(b, f"({flat}) / {d.per_word}")
+        bits = f"(({word} >> (u32(({flat}) % {d.per_word}) * {d.bits}u)) & {(1 << d.bits) - 1}u)"
+        if d.name == "bool":
+            return f"({bits} != 0u)"
+        if d.wgsl == "i32":  # sign-extend
+            return f"((bitcast<i32>({bits}) << {32 - d.bits}u) >> {32 - d.bits}u)"
+        return bits
 
     def _binding(self, buf: T.Buffer) -> Binding:
         if buf.name not in self.bindings:
@@ -584,9 +624,25 @@ def _wrap_narrow(code: str, dt: str) -> str:
     return f"(({code} << {32 - bits}u) >> {32 - bits}u)"
 
 
+def merged_offset(buffer: str) -> str:
+    """The uniform holding a merged buffer's word offset in the MERGED binding."""
+    return f"merged_{buffer}"
+
+
+def _atomic(b: Binding) -> bool:
+    """Written packed elements: the buffer's words are atomics (see store_packed)."""
+    return b.writable and dtype(b.buffer.dtype).per_word > 1
+
+
 def _word_load(b: Binding, word: str) -> str:
     name = buf_name(b.buffer.name)
-    return f"ld_{name}({word})" if b.chunks > 1 else f"{name}[{word}]"
+    if b.merged:
+        word = f"{MERGED}[{var_name(merged_offset(b.buffer.name))} + {word}]"
+        storage = dtype(b.buffer.dtype).storage
+        return word if storage == "u32" else f"bitcast<{storage}>({word})"
+    if b.chunks > 1:
+        return f"ld_{name}({word})"
+    return f"atomicLoad(&{name}[{word}])" if _atomic(b) else f"{name}[{word}]"
 
 
 def _word_store(b: Binding, word: str, value: str) -> str:
@@ -610,6 +666,29 @@ def _chunk_helpers(b: Binding) -> list[str]:
             f"  {name}_{b.chunks - 1}[r] = x;\n}}"
         )
     return out
+
+
+def _read_as_f32(s: T.Stmt, bindings: dict[str, Binding]) -> set[str]:
+    """The float16 buffers this kernel only reads, each load cast to float32 at once (a packed
+    weight's scales): read as u32 words and unpacked, they need no `shader-f16`."""
+    candidates = {
+        name
+        for name, b in bindings.items()
+        if b.buffer.dtype == "float16" and not b.writable and not b.merged and b.chunks == 1
+    }
+    cast_loads: set[int] = set()
+    all_loads: list[T.Load] = []
+    for x in walk(s):
+        for v in stmt_values(x):
+            for e in walk_values(v):
+                if isinstance(e, T.Cast) and e.dtype == "float32" and isinstance(e.value, T.Load):
+                    cast_loads.add(id(e.value))
+                if isinstance(e, T.Load):
+                    all_loads.append(e)
+    for ld in all_loads:
+        if ld.buffer.name in candidates and id(ld) not in cast_loads:
+            candidates.discard(ld.buffer.name)
+    return candidates
 
 
 def _thread_dims(buf: T.Buffer, body: T.Stmt) -> int:
