@@ -36,6 +36,8 @@ def webgpu_schedule(mod: IRModule) -> IRModule:
 
 # WebGPU: the quantized ops as plain loops (the CPU's come scheduled), the GPU's schedules.
 PIPELINES["webgpu"] = [lower_kv_cache, lower_quantized, legalize, webgpu_schedule]
+# Vulkan runs the same GPU schedules.
+PIPELINES["vulkan"] = PIPELINES["webgpu"]
 
 
 def run_passes(
