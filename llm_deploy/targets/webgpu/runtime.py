@@ -45,6 +45,7 @@ UNIFORM_SLOT = 256  # bytes per dispatch in the uniform arena: any adapter's off
 MAX_UNIFORMS = UNIFORM_SLOT // 4
 F16_FEATURE = "shader-f16"
 BIND_GROUP_CACHE = 4096
+PLACEMENTS = 1 << 16  # remembered (allocation, size) -> buffer placements
 
 
 class WebGPUError(RuntimeError):
@@ -184,8 +185,7 @@ class WebGPUDevice(Device):
         )  # fmt: skip
         self._free: dict[int, dict[int, Any]] = {}  # size -> free buffers by id
         self._allocs = 0  # allocations in this step
-        self._this_step: dict[int, Any] = {}
-        self._last_step: dict[int, Any] = {}
+        self._placed: dict[tuple[int, int], Any] = {}  # (k-th allocation, size) -> its last buffer
         self._commands: list[tuple] = []
         self._uniforms: list[np.ndarray] = []
         self._staging = bytearray()
@@ -218,8 +218,9 @@ class WebGPUDevice(Device):
 
     # -- memory
     def _buffer(self, size: int, fresh: bool = False) -> Any:
-        # The k-th allocation of a step takes the buffer the k-th allocation of the last step
-        # had, when it is free: a step like the last binds the same buffers (cached bind groups).
+        # The k-th allocation of a step takes the buffer that the k-th allocation of that size
+        # had last time, when it is free: a step shaped like an earlier one (a decode after a
+        # prefill of another length) binds the same buffers, so its bind groups are cached.
         if size > self.limits["max-buffer-size"]:
             raise WebGPUError(
                 f"a tensor of {size} bytes exceeds this device's maxBufferSize ({self.limits['max-buffer-size']})"
@@ -231,13 +232,14 @@ class WebGPUDevice(Device):
         self._allocs += 1
         pool = self._free.get(size)
         if pool:
-            last = self._last_step.get(k)
+            last = self._placed.get((k, size))
             buffer = pool.pop(id(last)) if last is not None and id(last) in pool else pool.popitem()[1]
-            self._this_step[k] = buffer
-            return buffer
-        self.stats["buffers"] += 1
-        buffer = self.device.create_buffer(size=size, usage=self._usage)
-        self._this_step[k] = buffer
+        else:
+            self.stats["buffers"] += 1
+            buffer = self.device.create_buffer(size=size, usage=self._usage)
+        if len(self._placed) > PLACEMENTS:
+            self._placed.clear()
+        self._placed[(k, size)] = buffer
         return buffer
 
     def _release(self, size: int, buffer: Any) -> None:
@@ -383,7 +385,7 @@ class WebGPUDevice(Device):
             reads.append((t, rb, size))
         self.queue.submit([encoder.finish()])
         self.stats["submissions"] += 1
-        self._last_step, self._this_step, self._allocs = self._this_step, {}, 0
+        self._allocs = 0
         self._commands.clear()
         self._uniforms.clear()
         self._staging = bytearray()
