@@ -74,12 +74,18 @@ class Access:
 class Pattern:
     kind: Kind
     nests: tuple[Nest, ...]
-    inputs: tuple[Access, ...]  # per input buffer, in parameter order
+    accesses: tuple[Access, ...]  # per buffer parameter, in order (outputs included)
+    written: frozenset[int]  # the buffer parameters it stores to (outputs, in-place updates)
     output: T.Buffer | None  # the single output (None when there are several or none)
     epilogue: bool  # consumers of the output may be folded into its store(s)
     inlinable: bool  # one injective nest storing the output at its loop indices, once
     data_movement: bool  # the stored value only moves data (loads, casts, selects)
     has_lets: bool  # the inlinable store sits under lets (a gather's computed index)
+
+    @property
+    def inputs(self) -> tuple[Access, ...]:
+        """The accesses of the buffers it only reads."""
+        return tuple(a for k, a in enumerate(self.accesses) if k not in self.written)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,10 +237,11 @@ def analyze(func: T.PrimFunc) -> Pattern:
     nests = tuple(top_nests(func.body))
     written = {x.buffer.name for x in walk(func.body) if isinstance(x, T.Store)}
     outputs = [b for b in func.buffers if b.name in written]
-    inputs = [b for b in func.buffers if b.name not in written]
     out = outputs[0] if len(outputs) == 1 else None
     out_nest = _output_nest(nests, out) if out is not None else None
-    accesses = tuple(_access(func, nests, b, out) for b in inputs)
+    all_accesses = tuple(_access(func, nests, b, out) for b in func.buffers)
+    written_at = frozenset(k for k, b in enumerate(func.buffers) if b.name in written)
+    accesses = tuple(a for k, a in enumerate(all_accesses) if k not in written_at)
     opaque = out_nest is None or any(n.kind == "opaque" for n in nests)
     last = nests[-1] if nests else None
 
@@ -263,7 +270,7 @@ def analyze(func: T.PrimFunc) -> Pattern:
         and out is not None
         and next(loads_of(func.body, out.name), None) is None
     )
-    return Pattern(kind, nests, accesses, out, epilogue, inlinable, data_movement, has_lets)
+    return Pattern(kind, nests, all_accesses, written_at, out, epilogue, inlinable, data_movement, has_lets)
 
 
 def _output_nest(nests: tuple[Nest, ...], out: T.Buffer) -> Nest | None:

@@ -12,8 +12,16 @@ from typing import Any
 
 from llm_deploy.compiler import tir
 from llm_deploy.compiler.module import IRModule
+from llm_deploy.compiler.passes.canonicalize import canonicalize
+from llm_deploy.compiler.passes.cse import cse
+from llm_deploy.compiler.passes.dce import dce
+from llm_deploy.compiler.passes.fold_constant import fold_constant
+from llm_deploy.compiler.passes.fuse_ops import fuse_ops
+from llm_deploy.compiler.passes.fuse_tir import fuse_tir
 from llm_deploy.compiler.passes.kv_cache import bind_kv_cache, lower_kv_cache
 from llm_deploy.compiler.passes.legalize import legalize
+from llm_deploy.compiler.passes.memory_plan import memory_plan
+from llm_deploy.compiler.passes.rewrite_reshape import rewrite_reshape
 from llm_deploy.compiler.passes.schedule import default_schedule
 from llm_deploy.compiler.vm_codegen import lower_to_vm
 from llm_deploy.runtime.executable import Executable
@@ -27,6 +35,22 @@ PIPELINES: dict[str, list[Pass]] = {
 # The same with the KV cache's numpy externs for attention instead of the paged kernels: the
 # reference to compare the kernels against.
 PIPELINES["kv_extern"] = [bind_kv_cache if p is lower_kv_cache else p for p in PIPELINES["default"]]
+
+# Graph optimizations on legalized modules: clean-up, reshapes as views, fusion (before the
+# schedules, which then schedule the fused programs).
+OPTIMIZE: list[Pass] = [canonicalize, fold_constant, cse, dce, rewrite_reshape, fuse_ops, fuse_tir, dce]
+
+
+def _optimized(passes: list[Pass]) -> list[Pass]:
+    """`passes` with OPTIMIZE right after legalize and memory planning last."""
+    at = passes.index(legalize) + 1
+    return [*passes[:at], *OPTIMIZE, *passes[at:], memory_plan]
+
+
+# Per target: the CPU runs fused programs and plans memory (its Device makes views of storage).
+# "unoptimized" is the reference they are checked and measured against.
+PIPELINES["unoptimized"] = list(PIPELINES["default"])
+PIPELINES["llvm"] = _optimized(PIPELINES["default"])
 
 
 def webgpu_schedule(mod: IRModule) -> IRModule:

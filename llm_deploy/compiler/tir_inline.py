@@ -269,6 +269,18 @@ def inline(body: T.Stmt, buf: T.Buffer, names: Names, analyzer: S.Analyzer) -> T
     readers = [n for n in nests if n is not producer and next(loads_of(n.body, buf.name), None) is not None]
     if not _visible(producer, readers, body):
         return None
+    # Recomputed later, the value must read what it read where it was computed: nothing after
+    # the producer may store to what it loads (an in-place update would be seen).
+    reads = {
+        e.buffer.name
+        for x in walk(producer.body)
+        for v in stmt_values(x)
+        for e in walk_values(v)
+        if isinstance(e, T.Load)
+    }
+    after = nests[nests.index(producer) + 1 :]
+    if any(st.buffer.name in reads for n in after for st in walk(n.body) if isinstance(st, T.Store)):
+        return None
     loop_vars = [v.name for v in producer.vars]
 
     def expand(load: T.Load) -> tuple[list[tuple[SymVar, T.Value]], T.Value]:

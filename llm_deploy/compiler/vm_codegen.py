@@ -71,13 +71,21 @@ class _FunctionLowering:
         self.func = func
         self.constants = constants
         self.counter = 0
+        # The memory plan (passes/memory_plan.py): outputs placed in storage allocated once.
+        plan = func.attrs.get("memory_plan")
+        self.storage = tuple(plan["storage"]) if plan is not None else ()
+        self.planned = dict(plan["tensors"].items()) if plan is not None else {}
+        self.kills = dict(plan["kill"].items()) if plan is not None else {}
 
     def fresh(self, hint: str) -> str:
         self.counter += 1
         return f"%{hint}{self.counter}"
 
     def lower(self) -> dict[str, Any]:
-        instrs: list[dict] = []
+        instrs: list[dict] = [
+            {"op": "alloc_storage", "dst": f"%storage{k}", "bytes": nbytes, "key": f"{self.name}/{k}"}
+            for k, nbytes in enumerate(self.storage)
+        ]
         ret = self.seq(self.func.body, instrs)
         return {
             "params": [p.name for p in self.func.params],
@@ -96,6 +104,8 @@ class _FunctionLowering:
                 else:
                     assert isinstance(b, VarBinding)
                     self.binding(b.var, b.value, out)
+                if b.var.name in self.kills:
+                    out.append({"op": "free", "regs": list(self.kills[b.var.name])})
         return self.operand(seq.body, out)
 
     def binding(self, var: Var, value: Expr, out: list[dict]) -> None:
@@ -119,6 +129,10 @@ class _FunctionLowering:
             case Call(op=Op("call_extern_value"), args=(ExternFunc(name), Tuple(fields))):
                 args = [self.operand(a, out) for a in fields]
                 out.append({"op": "call_extern_value", "name": name, "args": args, "dst": dst})
+            case Call(op=Op("reshape"), args=(src, ShapeExpr(values))):
+                # A view of the same storage (rewrite_reshape made only row-major copies into these).
+                shape = [_dim(v) for v in values]
+                out.append({"op": "reshape", "src": self.operand(src, out), "dst": dst, "shape": shape})
             case Call(op=GlobalVar(callee), args=args):
                 out.append(
                     {"op": "call", "func": callee, "args": [self.operand(a, out) for a in args], "dst": dst}
@@ -154,9 +168,14 @@ class _FunctionLowering:
                     f"{self.name}: binding {dst}: output {i} needs a known shape and dtype, got {info}"
                 )
             reg = dst if len(infos) == 1 and not isinstance(out_info, SI.TupleInfo) else f"{dst}#{i}"
-            out.append(
-                {"op": "alloc", "dst": reg, "shape": [_dim(d) for d in info.shape], "dtype": info.dtype}
-            )
+            shape = [_dim(d) for d in info.shape]
+            if reg in self.planned:
+                out.append(
+                    {"op": "alloc_tensor", "dst": reg, "storage": f"%storage{self.planned[reg]}", "offset": 0,
+                     "shape": shape, "dtype": info.dtype}
+                )  # fmt: skip
+            else:
+                out.append({"op": "alloc", "dst": reg, "shape": shape, "dtype": info.dtype})
             outs.append(reg)
         return ins, outs
 

@@ -38,6 +38,28 @@ class Device:
     def alloc(self, shape: tuple[int, ...], dtype: str) -> Any:
         return np.empty(shape, dtype=dtype)
 
+    def alloc_storage(self, nbytes: int) -> Any:
+        """A block of `nbytes` bytes (64-byte aligned) that planned tensors are views of."""
+        raw = np.empty(nbytes + 64, dtype=np.uint8)
+        start = -raw.ctypes.data % 64
+        return raw[start : start + nbytes]
+
+    def view(self, storage: Any, offset: int, shape: tuple[int, ...], dtype: str) -> Any:
+        """A tensor of `shape` and `dtype` at byte `offset` of `storage`: no copy, no allocation."""
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        if offset + nbytes > storage.nbytes:
+            raise VMError(
+                f"a {dtype} tensor of shape {shape} does not fit its planned storage of {storage.nbytes} "
+                "bytes: the call's sizes exceed the bounds the program was built for (its context window)"
+            )
+        return storage[offset : offset + nbytes].view(dtype).reshape(shape)
+
+    def reshape(self, value: Any, shape: tuple[int, ...]) -> Any:
+        """The same elements, row-major, with another shape: a view of the same memory."""
+        out = value.view()
+        out.shape = shape  # raises rather than copy when the memory is not contiguous
+        return out
+
     def from_host(self, array: Any, persistent: bool = False) -> Any:
         """`array` where this device's kernels read it (`persistent`: weights and constants, kept)."""
         return array
@@ -130,7 +152,9 @@ class VirtualMachine:
         self.device = device or Device()
         self.externs = {k: self.device.adapt_extern(k, fn) for k, fn in (externs or {}).items()}
         self.constants = {k: self.device.from_host(v, persistent=True) for k, v in (constants or {}).items()}
-        self.stats = {"kernel_calls": 0}
+        # allocs / alloc_bytes count what the device allocated, planned storage blocks included.
+        self.stats = {"kernel_calls": 0, "allocs": 0, "alloc_bytes": 0}
+        self._storage: dict[str, Any] = {}  # planned blocks, allocated at first use, then reused
         self._functions = {name: self._compile_function(name, f) for name, f in program["functions"].items()}
 
     def __getitem__(self, name: str) -> Callable[..., Any]:
@@ -190,9 +214,48 @@ class VirtualMachine:
         dst, dtype = ins["dst"], ins["dtype"]
         dims = [compile_expr(d) for d in ins["shape"]]
         alloc = self.device.alloc
+        stats, itemsize = self.stats, np.dtype(dtype).itemsize
 
         def step(regs: Regs, env: Env) -> None:
-            regs[dst] = alloc(tuple(d(env) for d in dims), dtype)
+            shape = tuple(d(env) for d in dims)
+            regs[dst] = alloc(shape, dtype)
+            stats["allocs"] += 1
+            stats["alloc_bytes"] += int(np.prod(shape, dtype=np.int64)) * itemsize
+
+        return step
+
+    def _op_alloc_storage(self, ins, fname) -> Step:
+        """A planned block, sized for the largest shapes the build allows: allocated once."""
+        dst, nbytes, key = ins["dst"], int(ins["bytes"]), ins["key"]
+        blocks, stats, device = self._storage, self.stats, self.device
+
+        def step(regs: Regs, env: Env) -> None:
+            block = blocks.get(key)
+            if block is None:
+                block = blocks[key] = device.alloc_storage(nbytes)
+                stats["allocs"] += 1
+                stats["alloc_bytes"] += nbytes
+            regs[dst] = block
+
+        return step
+
+    def _op_alloc_tensor(self, ins, fname) -> Step:
+        dst, storage, offset, dtype = ins["dst"], ins["storage"], int(ins["offset"]), ins["dtype"]
+        dims = [compile_expr(d) for d in ins["shape"]]
+        view = self.device.view
+
+        def step(regs: Regs, env: Env) -> None:
+            regs[dst] = view(regs[storage], offset, tuple(d(env) for d in dims), dtype)
+
+        return step
+
+    def _op_reshape(self, ins, fname) -> Step:
+        dst, src = ins["dst"], ins["src"]
+        dims = [compile_expr(d) for d in ins["shape"]]
+        reshape = self.device.reshape
+
+        def step(regs: Regs, env: Env) -> None:
+            regs[dst] = reshape(regs[src], tuple(d(env) for d in dims))
 
         return step
 

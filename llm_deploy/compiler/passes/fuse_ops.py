@@ -132,7 +132,8 @@ def _fusable(b: Binding, patterns: dict[str, Pattern]) -> tuple[str, Pattern] | 
     ):
         return None
     pat = patterns[v.args[0].name]
-    if pat.output is None or len(pat.inputs) != len(v.args[1].fields):
+    # call_tir's convention: the operands, then one output buffer.
+    if len(pat.accesses) != len(v.args[1].fields) + 1:
         return None
     return v.args[0].name, pat
 
@@ -155,9 +156,10 @@ def group_block(block: DataflowBlock, patterns: dict[str, Pattern]) -> list[list
     g = _Grouping(nodes, uses)
     for i, node in nodes.items():
         p = node.pattern
+        # An opaque program (e.g. one updating a cache in place) only ever takes prologues.
         g.group_of[i] = _Group(
             [i],
-            reduction=p.kind in (Kind.REDUCTION, Kind.OUT_EWISE_FUSABLE),
+            reduction=p.kind >= Kind.REDUCTION,
             consumers_ok=p.inlinable,
             lets=p.has_lets,
             cheap=p.data_movement,
@@ -187,7 +189,7 @@ def _epilogues(g: _Grouping) -> None:
             continue
         c = g.nodes[j]
         single_nest = len(c.pattern.nests) == 1 and c.pattern.nests[0].kind == "injective"
-        accesses = [c.pattern.inputs[k] for k in _positions(c, g.nodes[i].binding.var.name)]
+        accesses = [c.pattern.accesses[k] for k in _positions(c, g.nodes[i].binding.var.name)]
         if c.pattern.kind <= Kind.INJECTIVE and single_nest and all(a.identity for a in accesses):
             g.merge(g.group_of[j], grp)
 
@@ -203,13 +205,24 @@ def _prologues(g: _Grouping) -> None:
             continue
         c = g.nodes[j]
         dst = g.group_of[j]
-        accesses = [c.pattern.inputs[k] for k in _positions(c, var)]
+        accesses = [c.pattern.accesses[k] for k in _positions(c, var)]
         once = sum(a.sites for a in accesses) == 1 and not any(a.reuse for a in accesses)
         in_reduction = any(a.in_reduction for a in accesses)
         if grp.lets and in_reduction:
             continue  # a gather's computed index would sit in the reduction loop: keep it apart
+        if _reads(g, grp) & _writes_in_place(c):
+            continue  # the consumer updates what the producer reads: recomputing it would see the update
         if grp.cheap or once:
             g.merge(grp, dst)
+
+
+def _reads(g: _Grouping, grp: _Group) -> set[str]:
+    return {a.name for i in grp.members for a in g.nodes[i].args if isinstance(a, Var)}
+
+
+def _writes_in_place(node: _Node) -> set[str]:
+    """Operands the program stores to (besides its output): buffers it updates in place."""
+    return {a.name for k, a in enumerate(node.args) if k in node.pattern.written and isinstance(a, Var)}
 
 
 # ---------------------------------------------------------------------------------------------

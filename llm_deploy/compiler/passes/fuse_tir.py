@@ -163,6 +163,7 @@ def merge_group(group: Function, mod: IRModule) -> Merged:
     bufs: dict[str, T.Buffer] = {}  # graph var -> the buffer that holds it
     out_var = group.body.body
     stages: list[T.Stmt] = []
+    attrs: dict = {}  # the members' (e.g. `scheduled` of a hand-scheduled kernel)
     intermediates: list[T.Buffer] = []
     output: T.Buffer | None = None
     for b in bindings:
@@ -177,6 +178,7 @@ def merge_group(group: Function, mod: IRModule) -> Merged:
         ):
             raise FuseError(f"{where}: binding {b.var.name} is not a call_tir with one tensor output")
         f: T.PrimFunc = mod[v.args[0]]  # type: ignore[assignment]
+        attrs.update(f.attrs.items())
         operands = v.args[1].fields
         if len(f.buffers) != len(operands) + 1:
             raise FuseError(
@@ -223,7 +225,8 @@ def merge_group(group: Function, mod: IRModule) -> Merged:
     bare = {d.name for buf in params for d in buf.shape if isinstance(d, SymVar)}
     free = _free_symbols(body) | {n for buf in (*inputs, output) for d in buf.shape for n in S.free_vars(d)}
     scalars = tuple(n for n in sorted(free) if n not in bare and n in taken)
-    return Merged(T.PrimFunc((*params, *(SymVar(n) for n in scalars)), body), tuple(order), scalars)
+    func = T.PrimFunc((*params, *(SymVar(n) for n in scalars)), body, attrs)
+    return Merged(func, tuple(order), scalars)
 
 
 def _bind_symbols(

@@ -2,6 +2,7 @@
 their readers (injective producers) or into their producer's store (elementwise epilogues)."""
 
 import numpy as np
+import pytest
 
 from llm_deploy.compiler import tir
 from llm_deploy.compiler.interpreter import run
@@ -364,3 +365,23 @@ def test_decoder_layer_fused_runs_equal_with_fewer_kernels():
             rtol=1e-5,
             atol=1e-5,
         )
+
+
+@pytest.mark.slow
+def test_fused_programs_are_scheduled_as_their_anchor_and_stay_equal():
+    from llm_deploy.compiler.passes.schedule import default_schedule
+    from llm_deploy.compiler.schedule.analysis import classify
+
+    cfg = LayerConfig()
+    fused = dce(fuse_tir(fuse_ops(rewrite_reshape(legalize(build_decoder_layer(cfg))))))
+    kinds = {k: classify(f).kind for k, f in fused.items() if k.startswith("fused")}
+    assert kinds and set(kinds.values()) == {"matmul"}, kinds  # matmul + epilogue is still a matmul
+    scheduled = default_schedule(fused)
+    weights = list(random_weights(cfg, seed=0).values())
+    x = np.random.default_rng(0).standard_normal((7, cfg.hidden_size)).astype("float32")
+    np.testing.assert_allclose(
+        run(scheduled, "decoder_layer", x, *weights),
+        run(fused, "decoder_layer", x, *weights),
+        rtol=1e-5,
+        atol=1e-5,
+    )
