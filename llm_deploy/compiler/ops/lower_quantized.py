@@ -19,7 +19,7 @@ dequantize_linear, Out[i, j] = sum_k X[i, k] * W[j, k] over x (n, K) and W (N, K
 
 The x row is loaded once per C fused multiply-adds. Decode (n = 1) and prefill share the kernel;
 the dequantized rows live in a few KB of stack, never in a tensor of the weight's shape.
-The schedules pass (schedule/) leaves these kernels alone: their loops are not serial.
+The schedules pass (passes/schedule.py) leaves these kernels alone: they carry `scheduled`.
 """
 
 from __future__ import annotations
@@ -52,8 +52,9 @@ def _bits(dtype: str, v: int | PrimExpr) -> T.Value:
 
 
 def _field(byte: T.Value, shift: PrimExpr | int, mask: int) -> T.Value:
-    """(byte >> shift) & mask on uint8."""
-    return T.binary("bitand", T.binary("shr", byte, _bits("uint8", shift)), T.Imm(mask, "uint8"))
+    """(byte >> shift) & mask, widened to int32 first: x86 has no vector shifts of bytes."""
+    wide = T.cast("int32", byte)
+    return T.binary("bitand", T.binary("shr", wide, _bits("int32", shift)), T.Imm(mask, "int32"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,7 +113,7 @@ def _q4_k(b: Bufs, j, g, l) -> T.Value:
 
 def _q5_k(b: Bufs, j, g, l) -> T.Value:
     high = _field(b["qh"][j, 32 * (g // 32) + 8 * (g % 4) + l], (g % 32) // 4, 0x01)  # bit t // 32
-    q = T.binary("bitor", _k_low_nibble(b, j, g, l), T.binary("shl", high, T.Imm(4, "uint8")))
+    q = T.binary("bitor", _k_low_nibble(b, j, g, l), T.binary("shl", high, T.Imm(4, "int32")))
     return _k_scaled(b, j, g, q)
 
 
@@ -120,7 +121,7 @@ def _q6_k(b: Bufs, j, g, l) -> T.Value:
     half = (g % 32) // 16  # t // 128
     low = _field(b["ql"][j, 128 * (g // 32) + 64 * half + 8 * (g % 8) + l], 4 * ((g % 16) // 8), 0x0F)
     high = _field(b["qh"][j, 64 * (g // 32) + 32 * half + 8 * (g % 4) + l], 2 * ((g % 16) // 4), 0x03)
-    q = _f(T.binary("bitor", low, T.binary("shl", high, T.Imm(4, "uint8")))) - 32.0
+    q = _f(T.binary("bitor", low, T.binary("shl", high, T.Imm(4, "int32")))) - 32.0
     return (_f(b["d"][j, g // 32]) * _f(b["sc"][j, g // 2])) * q
 
 
@@ -200,8 +201,16 @@ def _dot_nest(
         return T.For(l, lanes, inner, "vectorized") if vector else inner
 
     zero = block(T.Store(acc, (t, r, l), T.Imm(0.0, F32)))
-    fma = T.Store(acc, (t, r, l), acc[t, r, l] + X[row0 + t, lanes * g + l] * weight(r, g, l))
-    dot = T.For(g, k // lanes, block(fma))
+    steps = k // lanes
+    unroll = 4 if steps % 4 == 0 else 1  # a group of 32 per iteration: its scales load once
+    go, gi = S.var("go"), S.var("gi")
+    g_ = unroll * go + gi if unroll > 1 else g
+    fma = T.Store(acc, (t, r, l), acc[t, r, l] + X[row0 + t, lanes * g_ + l] * weight(r, g_, l))
+    dot = (
+        T.For(go, steps // unroll, T.For(gi, unroll, block(fma), "unrolled"))
+        if unroll > 1
+        else T.For(g, steps, block(fma))
+    )
     total = acc[t, r, 0]
     for lane in range(1, lanes):
         total = total + acc[t, r, lane]
@@ -273,7 +282,7 @@ def _lower_dequantize_linear(
             body = staged
         case _:
             body = T.IfThenElse(T.binary("eq", rows, S.IntImm(1)), fused, staged)
-    func = T.PrimFunc((X, *packed, Out), body, {"schedule": "manual"})
+    func = T.PrimFunc((X, *packed, Out), body, {"scheduled": True})
     return Lowered(func, tuple(call.args), (), _kernel_name(call, packing))
 
 
@@ -306,5 +315,5 @@ def _lower_dequantize_take(
             _dequant_row({b.name: b for b in packed}, Out, [i], row, packing, k, ""),
         ),
     )
-    func = T.PrimFunc((ids, *packed, Out), body, {"schedule": "manual"})
+    func = T.PrimFunc((ids, *packed, Out), body, {"scheduled": True})
     return Lowered(func, tuple(call.args), (), _kernel_name(call, packing))
