@@ -80,13 +80,13 @@ def fuse_tir(mod: IRModule) -> IRModule:
             funcs[name] = _CallMerged(prims, mod).visit_function(f)
     # The members' programs go too, where nothing else calls them any more.
     members = {b.value.args[0].name for g in merged for b in mod[g].body.blocks[0].bindings}
-    called = set().union(*(_globals(f) for f in funcs.values() if isinstance(f, Function)))
+    called = set().union(*(globals_of(f) for f in funcs.values() if isinstance(f, Function)))
     for name in members - called:
         funcs.pop(name, None)
     return IRModule(funcs, dict(mod.attrs.items()))
 
 
-def _globals(f: Function) -> set[str]:
+def globals_of(f: Function) -> set[str]:
     v = _Globals()
     v.visit_expr(f)
     return v.names
@@ -185,7 +185,7 @@ def merge_group(group: Function, mod: IRModule) -> Merged:
                 f"{where}: {v.args[0].name} takes {len(f.buffers)} buffers, given {len(operands)} + 1"
             )
         infos = [info_of(a) for a in operands] + [b.var.info]
-        sym = _bind_symbols(f, infos, v.args[2].values if len(v.args) > 2 else (), analyzer, where)
+        sym = bind_symbols(f, infos, v.args[2].values if len(v.args) > 2 else (), analyzer, where)
         buf_map: dict[str, T.Buffer] = {}
         for fb, a in zip(f.buffers, operands):
             if not isinstance(a, Var):
@@ -229,9 +229,12 @@ def merge_group(group: Function, mod: IRModule) -> Merged:
     return Merged(func, tuple(order), scalars)
 
 
-def _bind_symbols(
+def bind_symbols(
     f: T.PrimFunc, infos: list[SI.StructInfo], shape_args: tuple, analyzer: S.Analyzer, where: str
 ) -> dict[str, PrimExpr]:
+    """The caller's value of each symbolic var of `f`, from its buffers' shapes against the call's
+    operand (and output) infos and its scalars against the shape arguments; FuseError if they
+    disagree."""
     sym: dict[str, PrimExpr] = {}
     for fb, info in zip(f.buffers, infos):
         if not isinstance(info, SI.TensorInfo) or info.shape is None or len(info.shape) != fb.ndim:

@@ -128,3 +128,54 @@ def test_a_fused_decoder_layer_planned_runs_equal_and_allocates_only_its_result(
         )
         if n != 32:
             assert vm.stats["allocs"] - allocs == 1
+
+
+def test_a_kernels_scratch_becomes_a_planned_output_of_its_call():
+    v8 = 'Tensor[(8,), "float32"]'
+    before = f"""
+@module
+class Module:
+    @function
+    def main(x: {T8}, w: {v8}) -> {T8}:
+        attrs(bounds={{"n": (1, 16)}})
+        with dataflow():
+            h: {T8} = call_tir(rms_norm, (x, w), out_sinfo={T8})
+            y: {T8} = call_tir(exp, (h,), out_sinfo={T8})
+            output(y)
+        return y
+{PRIM_FUNCS["rms_norm"]}{PRIM_FUNCS["exp"]}"""
+    ws = 'Tuple[Tensor[(n, 8), "float32"], Tensor[(n,), "float32"]]'
+    plan = '{"storage": (512, 64), "tensors": {"h_ws#0": 0, "h_ws#1": 1}, "kill": {"y": ("h_ws#0",), "h": ("h_ws#1",)}}'
+    expected = f"""
+@module
+class Module:
+    @function
+    def main(x: {T8}, w: {v8}) -> {T8}:
+        attrs(bounds={{"n": (1, 16)}}, memory_plan={plan})
+        with dataflow():
+            h_ws: {ws} = call_tir(rms_norm_ws, (x, w), out_sinfo={ws})
+            h: {T8} = h_ws[0]
+            y: {T8} = call_tir(exp, (h,), out_sinfo={T8})
+            output(y)
+        return y
+{PRIM_FUNCS["exp"]}
+    @prim_func
+    def rms_norm_ws(A: Buffer[(n, 8), "float32"], B: Buffer[(8,), "float32"], Out: Buffer[(n, 8), "float32"], ms: Buffer[(n,), "float32"]):
+        for i0 in range(n):
+            ms_acc = alloc((1,), "float32", "local")
+            ms_acc[0] = float32(0.0)
+            for k in range(8):
+                ms_acc[0] = ms_acc[0] + A[i0, k] * A[i0, k]
+            ms[i0] = ms_acc[0] / cast("float32", 8)
+        for i0 in range(n):
+            for i1 in range(8):
+                Out[i0, i1] = A[i0, i1] / sqrt(ms[i0] + float32(1e-05)) * B[i1]
+"""
+    after = check_pass(memory_plan, before, expected)
+    vm = _vm(after)
+    x = np.random.default_rng(0).standard_normal((5, 8)).astype("float32")
+    w = np.ones(8, "float32")
+    vm["main"](x, w)
+    allocs = vm.stats["allocs"]
+    np.testing.assert_allclose(vm["main"](x, w), run(parse(before), "main", x, w), rtol=1e-6)
+    assert vm.stats["allocs"] - allocs == 1
