@@ -385,3 +385,27 @@ def test_fused_programs_are_scheduled_as_their_anchor_and_stay_equal():
         rtol=1e-5,
         atol=1e-5,
     )
+
+
+def test_rotary_fuses_into_the_cache_append_and_query_load_of_paged_attention():
+    from llm_deploy.compiler.interpreter import run as interpret
+    from llm_deploy.compiler.passes.canonicalize import canonicalize
+    from llm_deploy.compiler.passes.kv_cache import lower_kv_cache
+    from llm_deploy.compiler.pattern import walk
+    from llm_deploy.models import MODELS, make_tiny_weights
+    from llm_deploy.models.llama import build_llama, weight_arrays
+    from tests.kv_cache.test_lower_kv_cache import assert_all_close, run_steps
+
+    config = MODELS["llama-tiny"].config
+    mod = canonicalize(rewrite_reshape(legalize(lower_kv_cache(build_llama(config, "float32", 64)))))
+    fused = dce(fuse_tir(fuse_ops(mod)))
+    kernels = [f for k, f in fused.items() if k.startswith("fused_rope_rope_kv_cache_paged_attention")]
+    assert len(kernels) == 2  # one over n (prefill, score), one over b (decode)
+    for kernel in kernels:
+        pool_stores = [s for s in walk(kernel.body) if isinstance(s, tir.Store) and s.buffer.name == "k_pool"]
+        assert pool_stores and all("cos(" in str(s.value) for s in pool_stores)  # rope computed as it appends
+    assert not any(k.startswith("rope") for k in fused)  # no rope kernel left
+    weights = weight_arrays(config, make_tiny_weights(config, seed=0))
+    ours = run_steps(config, weights, lambda fn, *a: interpret(fused, fn, *a))
+    ref = run_steps(config, weights, lambda fn, *a: interpret(mod, fn, *a))
+    assert_all_close(ours, ref)
