@@ -127,3 +127,39 @@ def test_default_model_on_webgpu_gives_the_cpu_first_tokens(
             }
         )
     )
+
+
+def test_forked_sequences_on_webgpu_continue_as_on_the_cpu(tiny_webgpu, tiny_runner_factory, gpu):  # noqa: F811
+    """A fork shares the parent's pages; its partial last page is copied before either appends
+    (on the host's table and, replayed, in the device's pools). Both continuations and a batched
+    decode of the two give the CPU's logits."""
+    from llm_deploy.runtime.model_runner import ModelRunner
+
+    _, artifact = tiny_webgpu
+    prompt = list(range(1, 21))  # 20 tokens: the second page is partial when the fork happens
+    results, runners = [], (ModelRunner(artifact), tiny_runner_factory())
+    for runner in runners:
+        runner.add_sequence(0)
+        runner.prefill([0], [prompt])
+        runner.fork_sequence(0, 1)
+        a = runner.decode([0], [7])
+        b = runner.decode([1], [9])
+        both = runner.decode([0, 1], [int(np.argmax(a[0])), int(np.argmax(b[0]))])
+        results.append((a, b, both))
+    tables = [runners[0].cache.page_table(s) for s in (0, 1)]
+    assert tables[0][0] == tables[1][0] and tables[0][1] != tables[1][1]  # shared, then copied
+    for ours, cpu in zip(*results):
+        np.testing.assert_allclose(ours, cpu, rtol=1e-4, atol=1e-4)
+
+
+def test_cli_builds_for_webgpu_and_chats_on_the_artifacts_device(tmp_path, capsys, gpu):  # noqa: F811
+    from llm_deploy.cli import main
+
+    out = tmp_path / "tiny-webgpu"
+    assert main(["build", "--model", "llama-tiny", "--target", "webgpu", "--output", str(out), "--quiet"]) == 0
+    assert (out / "kernels.wgsl").is_file()
+    capsys.readouterr()
+    assert main(["chat", str(out), "--prompt", "hi", "--max-tokens", "4", "--seed", "0"]) == 0
+    assert capsys.readouterr().out.strip() != ""
+    with pytest.raises(SystemExit, match="built for --target webgpu.*not cpu"):
+        main(["chat", str(out), "--prompt", "hi", "--device", "cpu"])

@@ -290,9 +290,8 @@ class _Context:
             where = {**place, var: base + r}
             values = [T.Store(reg, (r,), subst_value(e, where)) for reg, e in zip(regs, exprs)]
             zeros = [T.Store(reg, (r,), T.Imm(0, reg.dtype)) for reg in regs]
-            return T.For(
-                r, TILE, T.IfThenElse(T.binary("lt", base + r, extent), T.seq(*values), T.seq(*zeros))
-            )
+            guarded = T.IfThenElse(T.binary("lt", base + r, extent), T.seq(*values), T.seq(*zeros))
+            return T.For(r, TILE, guarded, "unrolled")
 
         def register(e: T.Value) -> T.Value | None:
             if not (isinstance(e, T.Load) and e.buffer.scope == "marker"):
@@ -306,11 +305,7 @@ class _Context:
         step = T.seq(
             fill(a_regs, mm.a_side, iv, i0, rows),
             fill(b_regs, mm.b_side, jv, j0, cols),
-            T.For(
-                ri,
-                TILE,
-                T.For(rj, TILE, T.Store(tile, (ri, rj), T.binary("add", T.Load(tile, (ri, rj)), value))),
-            ),
+            _unrolled(ri, rj, T.Store(tile, (ri, rj), T.binary("add", T.Load(tile, (ri, rj)), value))),
         )
         ri2, rj2 = self.var("ri"), self.var("rj")
         finals = subst(T.seq(*red.finals), at(ri2, rj2))
@@ -320,9 +315,9 @@ class _Context:
         body = T.Allocate(
             tile,
             T.seq(
-                T.For(ri0, TILE, T.For(rj0, TILE, T.Store(tile, (ri0, rj0), init_value))),
+                _unrolled(ri0, rj0, T.Store(tile, (ri0, rj0), init_value)),
                 T.For(k, red.loops[0].extent, _alloc_all([*a_regs, *b_regs], step)),
-                T.For(ri2, TILE, T.For(rj2, TILE, T.IfThenElse(inside, finals))),
+                _unrolled(ri2, rj2, T.IfThenElse(inside, finals)),
             ),
         )
         blocks = _product([*(lp.extent for lp in others), tiles_i, tiles_j])
@@ -524,6 +519,11 @@ def _rewrite_acc(s: T.Stmt, acc: T.Buffer, tile: T.Buffer, at: tuple[SymVar, Sym
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
+
+
+def _unrolled(ri: SymVar, rj: SymVar, body: T.Stmt) -> T.Stmt:
+    """body for every (ri, rj) of a TILE x TILE register block, unrolled (registers, not memory)."""
+    return T.For(ri, TILE, T.For(rj, TILE, body, "unrolled"), "unrolled")
 
 
 def _product(extents: list[PrimExpr]) -> PrimExpr:

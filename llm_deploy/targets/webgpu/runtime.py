@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -183,6 +184,8 @@ class WebGPUDevice(Device):
             ),
             0,
         )  # fmt: skip
+        # seconds spent encoding and submitting, and waiting for the GPU (readbacks)
+        self.timing: dict[str, float] = {"encode_s": 0.0, "wait_s": 0.0}
         self._free: dict[int, dict[int, Any]] = {}  # size -> free buffers by id
         self._allocs = 0  # allocations in this step
         self._placed: dict[tuple[int, int], Any] = {}  # (k-th allocation, size) -> its last buffer
@@ -319,6 +322,11 @@ class WebGPUDevice(Device):
             raise WebGPUError(
                 f"device copies move whole words: offsets {src_offset}, {dst_offset}, size {nbytes}"
             )
+        if src.buffer is dst.buffer:  # WebGPU never copies within one buffer: bounce through another
+            bounce = self.alloc((nbytes,), "uint8")
+            self.copy(src, src_offset, bounce, 0, nbytes)
+            self.copy(bounce, 0, dst, dst_offset, nbytes)
+            return
         self._commands.append(
             ("move", src.buffer, src.offset + src_offset, dst.buffer, dst.offset + dst_offset, nbytes)
         )
@@ -352,6 +360,7 @@ class WebGPUDevice(Device):
         if not self._commands and not readbacks:
             return []
         wgpu = self.wgpu
+        start = time.perf_counter()
         self._write_arenas()
         encoder = self.device.create_command_encoder()
         cpass = None
@@ -384,6 +393,8 @@ class WebGPUDevice(Device):
             encoder.copy_buffer_to_buffer(t.buffer, t.offset, rb, 0, size)
             reads.append((t, rb, size))
         self.queue.submit([encoder.finish()])
+        submitted = time.perf_counter()
+        self.timing["encode_s"] += submitted - start
         self.stats["submissions"] += 1
         self._allocs = 0
         self._commands.clear()
@@ -397,6 +408,7 @@ class WebGPUDevice(Device):
             self._read_buffers.setdefault(size, []).append(rb)
             out.append(raw.view(t.dtype).reshape(t.shape))
             self.stats["readbacks"] += 1
+        self.timing["wait_s"] += time.perf_counter() - submitted
         return out
 
     def to_host(self, value: Any) -> Any:

@@ -33,10 +33,11 @@ from llm_deploy.compiler import shape as S
 from llm_deploy.compiler import tir as T
 from llm_deploy.compiler.shape import PrimExpr, SymVar
 from llm_deploy.targets.webgpu.dtypes import NARROW_BITS, DType, dtype
-from llm_deploy.targets.webgpu.walk import children, stmt_values, walk, walk_values
+from llm_deploy.targets.webgpu.walk import children, stmt_values, subst, walk, walk_values
 
 GRID_TAGS = ("blockIdx.x", "blockIdx.y", "blockIdx.z")
 MERGED = "b_merged"  # one binding holding copies of several small read-only buffers
+UNROLL_LIMIT = 16  # `unrolled` loops up to this constant extent are emitted unrolled
 THREAD_TAGS = ("threadIdx.x", "threadIdx.y", "threadIdx.z")
 AXIS = {"x": 0, "y": 1, "z": 2}
 
@@ -158,6 +159,7 @@ class KernelEmitter:
         self.grid: list[PrimExpr] = [S.const(1), S.const(1), S.const(1)]
         self.linear = False
         self.half_words: set[str] = set()  # float16 buffers only ever read as float32 (see build)
+        self.scalars: set[str] = set()  # local buffers of one element, emitted as variables
 
     # -- errors
     def error(self, what: str) -> CodegenError:
@@ -330,6 +332,14 @@ class KernelEmitter:
             self.indent -= 1
             self.emit("}")
             return
+        if s.kind == "unrolled" and isinstance(s.extent, S.IntImm) and s.extent.value <= UNROLL_LIMIT:
+            # one copy of the body per iteration: indices into local arrays become constants,
+            # which lets the driver keep those arrays in registers
+            for k in range(s.extent.value):
+                self.emit("{")
+                self.block(subst(s.body, {s.var.name: S.const(k)}), sc)
+                self.emit("}")
+            return
         # serial, unrolled, vectorized, parallel: a loop of one invocation
         self.emit(f"for (var {v}: i32 = 0; {v} < {self.index(s.extent, sc)}; {v}++) {{")
         self.block(s.body, _Scope(inner, sc.threads, sc.in_thread))
@@ -355,14 +365,18 @@ class KernelEmitter:
         drop = 0 if sc.in_thread else _thread_dims(buf, body)
         self.private[buf.name] = drop
         size = math.prod(d.value for d in buf.shape[drop:])
-        self.emit(f"var {buf_name(buf.name)}: array<{self.wgsl_type(buf.dtype)}, {size}>;")
+        if size == 1:  # a scalar: a register, not an array in private memory
+            self.scalars.add(buf.name)
+            self.emit(f"var {buf_name(buf.name)}: {self.wgsl_type(buf.dtype)};")
+        else:
+            self.emit(f"var {buf_name(buf.name)}: array<{self.wgsl_type(buf.dtype)}, {size}>;")
         self.stmt_(body, sc)
 
     def store(self, buf: T.Buffer, indices: tuple, value: T.Value, sc: _Scope) -> None:
         code, dt = self.value(value, sc)
         code = self.convert(code, dt, buf.dtype)
         if buf.scope != "global":
-            self.emit(f"{buf_name(buf.name)}[{self.scratch_index(buf, indices, sc)}] = {code};")
+            self.emit(f"{self.scratch(buf, indices, sc)} = {code};")
             return
         b = self._binding(buf)
         d = dtype(buf.dtype)
@@ -451,7 +465,7 @@ class KernelEmitter:
 
     def load(self, buf: T.Buffer, indices: tuple, sc: _Scope) -> str:
         if buf.scope != "global":
-            return f"{buf_name(buf.name)}[{self.scratch_index(buf, indices, sc)}]"
+            return self.scratch(buf, indices, sc)
         b = self._binding(buf)
         d = dtype(buf.dtype)
         flat = self.flat_index(buf, indices, sc)
@@ -484,6 +498,12 @@ class KernelEmitter:
             parts.append(f"({self.int_value(idx, sc)}) * {stride}")
             stride = f"{stride} * {self.index(dim, sc)}"
         return " + ".join(reversed(parts))
+
+    def scratch(self, buf: T.Buffer, indices: tuple, sc: _Scope) -> str:
+        """An element of a local or shared buffer (a local of one element is a plain variable)."""
+        if buf.scope == "local" and buf.name in self.scalars:
+            return buf_name(buf.name)
+        return f"{buf_name(buf.name)}[{self.scratch_index(buf, indices, sc)}]"
 
     def scratch_index(self, buf: T.Buffer, indices: tuple, sc: _Scope) -> str:
         drop = self.private.get(buf.name, 0)
