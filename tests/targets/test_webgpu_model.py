@@ -84,8 +84,11 @@ def test_webgpu_artifact_loads_in_a_runner_without_the_compiler(tiny_webgpu):
 
 @pytest.mark.slow
 def test_default_model_on_webgpu_gives_the_cpu_first_tokens(
-    artifacts_dir, default_runner_factory, smollm2, gpu
-):  # noqa: F811
+    artifacts_dir,
+    default_runner_factory,
+    smollm2,
+    gpu,  # noqa: F811
+):
     """SmolLM2-135M, as the CPU artifact is built, from a raw 8-token prompt: 8 greedy tokens."""
     import json
 
@@ -156,7 +159,9 @@ def test_cli_builds_for_webgpu_and_chats_on_the_artifacts_device(tmp_path, capsy
     from llm_deploy.cli import main
 
     out = tmp_path / "tiny-webgpu"
-    assert main(["build", "--model", "llama-tiny", "--target", "webgpu", "--output", str(out), "--quiet"]) == 0
+    assert (
+        main(["build", "--model", "llama-tiny", "--target", "webgpu", "--output", str(out), "--quiet"]) == 0
+    )
     assert (out / "kernels.wgsl").is_file()
     capsys.readouterr()
     assert main(["chat", str(out), "--prompt", "hi", "--max-tokens", "4", "--seed", "0"]) == 0
