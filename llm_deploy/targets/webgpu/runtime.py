@@ -47,6 +47,7 @@ MAX_UNIFORMS = UNIFORM_SLOT // 4
 F16_FEATURE = "shader-f16"
 BIND_GROUP_CACHE = 4096
 PLACEMENTS = 1 << 16  # remembered (allocation, size) -> buffer placements
+RESOLVED_PLANS = 256  # per kernel: the plans resolved for as many different argument shapes
 
 
 class WebGPUError(RuntimeError):
@@ -108,6 +109,31 @@ def _bucket(nbytes: int) -> int:
     return -(-n // step) * step
 
 
+class DTypeName(str):
+    """A dtype's name that also answers `.name` and `.itemsize` like a numpy dtype: comparing
+    and printing it costs a string's work, not numpy's (the VM checks every argument's dtype
+    on every call, hundreds per step)."""
+
+    itemsize: int
+
+    @property
+    def name(self) -> str:
+        return str(self)
+
+
+_DTYPE_NAMES: dict[str, DTypeName] = {}
+
+
+def dtype_name(dtype: Any) -> DTypeName:
+    key = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    found = _DTYPE_NAMES.get(key)
+    if found is None:
+        d = np.dtype(key)
+        found = _DTYPE_NAMES[key] = _DTYPE_NAMES[d.name] = DTypeName(d.name)
+        found.itemsize = d.itemsize
+    return found
+
+
 class GPUTensor:
     """An n-d array in a device buffer. `shape` and `dtype` are what numpy would say."""
 
@@ -124,7 +150,7 @@ class GPUTensor:
         base: GPUTensor | None = None,
     ):
         self.shape = tuple(int(d) for d in shape)
-        self.dtype = np.dtype(dtype)
+        self.dtype = dtype_name(dtype)
         self.device = device
         self.buffer = buffer
         self.offset = offset  # bytes into the buffer (a multiple of 256: bindings start there)
@@ -176,6 +202,7 @@ class WebGPUDevice(Device):
         self.queue = device.queue
         self.features = set(device.features)
         self.limits = dict(device.limits)
+        self.max_binding_bytes = int(self.limits["max-storage-buffer-binding-size"])
         self.info = dict(adapter.info)
         self.stats: dict[str, int] = dict.fromkeys(
             (
@@ -214,10 +241,6 @@ class WebGPUDevice(Device):
     @property
     def has_f16(self) -> bool:
         return F16_FEATURE in self.features
-
-    @property
-    def max_binding_bytes(self) -> int:
-        return int(self.limits["max-storage-buffer-binding-size"])
 
     # -- memory
     def _buffer(self, size: int, fresh: bool = False) -> Any:
@@ -363,13 +386,15 @@ class WebGPUDevice(Device):
         start = time.perf_counter()
         self._write_arenas()
         encoder = self.device.create_command_encoder()
-        cpass = None
+        cpass = current = None
         for cmd in self._commands:
             if cmd[0] == "dispatch":
                 _, pipeline, resources, slot, grid = cmd
                 if cpass is None:
-                    cpass = encoder.begin_compute_pass()
-                cpass.set_pipeline(pipeline.pipeline)
+                    cpass, current = encoder.begin_compute_pass(), None
+                if pipeline is not current:  # a layer's kernels repeat: runs of one pipeline are common
+                    cpass.set_pipeline(pipeline.pipeline)
+                    current = pipeline
                 offsets = [] if slot is None else [slot * UNIFORM_SLOT]
                 cpass.set_bind_group(0, self._bind_group(pipeline, resources), offsets)
                 cpass.dispatch_workgroups(*grid)
@@ -605,6 +630,7 @@ class Kernel:
             if p.kind == "buffer"
         }
         self._plan = _compile_plan(spec["plan"])
+        self._resolved: dict[tuple, list[tuple]] = {}  # argument shapes -> the plan's steps for them
         self._grids = [[compile_expr(g) for g in s["grid"]] for s in spec["shaders"]]
 
     def __repr__(self) -> str:
@@ -617,61 +643,93 @@ class Kernel:
         return self._pipelines
 
     def __call__(self, *args: Any) -> None:
-        sig = self.signature
         if len(args) != len(self._params):
-            raise KernelCallError(f"kernel {sig} takes {len(self._params)} arguments, got {len(args)}")
+            raise KernelCallError(
+                f"kernel {self.signature} takes {len(self._params)} arguments, got {len(args)}"
+            )
         device = self.module.device
-        env: dict[str, int] = {}
         bufs: dict[str, GPUTensor] = {}
+        for i, (a, (name, kind, dt, _)) in enumerate(zip(args, self._params)):
+            if kind == "buffer":
+                if type(a) is not GPUTensor and not isinstance(a, GPUTensor) or a.dtype != dt:
+                    raise self._bad_arg(i, a)
+                if a.device is not device:
+                    raise KernelCallError(
+                        f"kernel {self.name}: argument {i} ({name}) lives on another device"
+                    )
+                bufs[name] = a
+        # Calls with the same shapes (every decode step) replay the plan resolved for them:
+        # dims bound and checked, branches taken, grids and uniforms computed once.
+        key = tuple(a.shape if kind == "buffer" else int(a) for a, (_, kind, _, _) in zip(args, self._params))
+        steps = self._resolved.get(key)
+        if steps is None:
+            env = self._bind(args, bufs)
+            steps = []
+            self._resolve(self._plan, env, device, self.pipelines(), steps)
+            if len(self._resolved) >= RESOLVED_PLANS:
+                self._resolved.clear()
+            self._resolved[key] = steps
+        for step in steps:
+            if step[0] == "alloc":
+                bufs[step[1]] = device.alloc(step[2], step[3])
+            else:
+                self._dispatch(step, bufs, device)
+
+    def _bind(self, args: Sequence[Any], bufs: dict[str, GPUTensor]) -> dict[str, int]:
+        """The symbolic values of a call, every buffer's shape checked against them."""
+        env: dict[str, int] = {}
         for a, (name, kind, _, _) in zip(args, self._params):
             if kind == "scalar":
                 env[name] = int(a)
-        for i, (a, (name, kind, dt, shape)) in enumerate(zip(args, self._params)):
-            if kind != "buffer":
-                continue
-            if not isinstance(a, GPUTensor) or a.dtype.name != dt or len(a.shape) != len(shape):
-                raise self._bad_arg(i, a)
-            if a.device is not device:
-                raise KernelCallError(f"kernel {self.name}: argument {i} ({name}) lives on another device")
-            for di, d in enumerate(shape):
-                if isinstance(d, str) and d.isidentifier() and d not in env:
-                    env[d] = a.shape[di]
-            bufs[name] = a
+        for i, (name, kind, _, shape) in enumerate(self._params):
+            if kind == "buffer":
+                a = bufs[name]
+                if len(a.shape) != len(shape):
+                    raise self._bad_arg(i, a)
+                for di, d in enumerate(shape):
+                    if isinstance(d, str) and d.isidentifier() and d not in env:
+                        env[d] = a.shape[di]
         for i, (name, kind, _, _) in enumerate(self._params):
             if kind == "buffer":
                 for di, ev, _ in self._dims[name]:
                     if ev(env) != bufs[name].shape[di]:
                         raise self._bad_arg(i, bufs[name], env)
-        self._run(self._plan, env, bufs, device, self.pipelines())
+        return env
 
-    def _run(
-        self, plan: list, env: dict[str, int], bufs: dict[str, GPUTensor], device: WebGPUDevice, pipelines
-    ) -> None:
+    def _resolve(self, plan: list, env: dict[str, int], device: WebGPUDevice, pipelines, out: list) -> None:
+        """The plan's steps for these dims: allocations with their shapes, dispatches with
+        their grids and uniforms, branches taken."""
         for op in plan:
             kind = op[0]
             if kind == "dispatch":
-                self._dispatch(op[1], env, bufs, device, pipelines[op[1]])
+                index = op[1]
+                shader = self.spec["shaders"][index]
+                grid = [g(env) for g in self._grids[index]]
+                if min(grid) <= 0:
+                    continue
+                limit = device.limits["max-compute-workgroups-per-dimension"]
+                if shader["linear"] and grid[0] > limit:
+                    grid = [limit, -(-grid[0] // limit), 1]
+                if max(grid) > limit:
+                    raise WebGPUError(
+                        f"kernel {self.name}: grid {grid} exceeds {limit} workgroups per dimension"
+                    )
+                values = [
+                    env[u] for u in shader["uniforms"][: len(shader["uniforms"]) - len(shader["merged"])]
+                ]
+                out.append(("dispatch", pipelines[index], shader, tuple(grid), values))
             elif kind == "alloc":
                 _, name, dt, dims = op
-                bufs[name] = device.alloc(tuple(d(env) for d in dims), dt)
+                out.append(("alloc", name, tuple(d(env) for d in dims), dt))
             else:
                 _, cond, then_plan, else_plan = op
-                self._run(then_plan if cond(env) else else_plan, env, bufs, device, pipelines)
+                self._resolve(then_plan if cond(env) else else_plan, env, device, pipelines, out)
 
-    def _dispatch(self, index: int, env, bufs, device: WebGPUDevice, pipeline: Pipeline) -> None:
-        shader = self.spec["shaders"][index]
-        grid = [g(env) for g in self._grids[index]]
-        if min(grid) <= 0:
-            return
-        limit = device.limits["max-compute-workgroups-per-dimension"]
-        if shader["linear"] and grid[0] > limit:
-            x = limit
-            grid = [x, -(-grid[0] // x), 1]
-        if max(grid) > limit:
-            raise WebGPUError(f"kernel {self.name}: grid {grid} exceeds {limit} workgroups per dimension")
+    def _dispatch(self, step: tuple, bufs: dict[str, GPUTensor], device: WebGPUDevice) -> None:
+        _, pipeline, shader, grid, values = step
         resources = []
         max_binding = device.max_binding_bytes
-        values = [env[u] for u in shader["uniforms"][: len(shader["uniforms"]) - len(shader["merged"])]]
+        values = list(values)
         for b in shader["bindings"]:
             t = bufs[b["buffer"]]
             if b["chunks"] == 1:
@@ -683,6 +741,11 @@ class Kernel:
                 resources.append((t.buffer, t.offset, t.size_bytes))
                 continue
             chunk = b["chunk_words"] * device_dtype(b["dtype"]).word_bytes
+            if chunk > max_binding:
+                raise WebGPUError(
+                    f"kernel {self.name}: {b['buffer']} is bound in chunks of {chunk} bytes, more than this "
+                    f"device's storage bindings hold ({max_binding}); rebuild with a smaller max_binding_bytes"
+                )
             for c in range(b["chunks"]):
                 offset = c * chunk
                 size = min(chunk, t.size_bytes - offset)
@@ -700,7 +763,7 @@ class Kernel:
                 values.append(offset // 4)
                 offset += size
             resources.append((merged.buffer, merged.offset, merged.size_bytes))
-        device.record_dispatch(pipeline, resources, values, tuple(grid))
+        device.record_dispatch(pipeline, resources, values, grid)
 
     def _bad_arg(self, i: int, arg: Any, env: Mapping[str, int] | None = None) -> KernelCallError:
         p = self.signature.params[i]
