@@ -47,7 +47,9 @@ class CPUTarget:
     l2_bytes: int = 256 * 1024  # the budget a tile of X may take in L2
     gemm_block: tuple[int, int] = (4, 3)  # rows of X x rows of W per register block
     gemv_cols: int = 4  # rows of W per block when X has one row
-    tail_vectors: int = 2  # vectors per accumulator in the blocks of leftover rows (decode: n = 1)
+    # Vectors per accumulator for leftover rows (decode: n = 1). 1 keeps the summation order of the
+    # main blocks, so a row's result does not depend on how many rows share the call (batch invariance).
+    tail_vectors: int = 1
     parallel_chunk: int = 4096  # elements a parallel task takes at least (smaller work: one task)
     notes: list[str] = field(default_factory=list, compare=False)
 
