@@ -454,9 +454,9 @@ def _plain_message(m: Mapping[str, Any]) -> dict[str, Any]:
 def _load_artifact(model: Any, device: str | None, quantization: str | None, num_threads: int | None):
     from llm_deploy.runtime.artifact import Artifact, is_artifact, load_artifact
 
-    targets = {None: "llvm", "cpu": "llvm", "vulkan": "vulkan"}  # --device -> the target that runs there
+    targets = {None: "llvm", "cpu": "llvm", "webgpu": "webgpu", "vulkan": "vulkan"}  # --device -> its target
     if device not in targets:
-        raise ValueError(f"device {device!r} is not available in this build; available: cpu, vulkan")
+        raise ValueError(f"device {device!r} is not available in this build; available: cpu, webgpu, vulkan")
     if isinstance(model, Artifact):
         return model
     if not isinstance(model, (str, os.PathLike)):

@@ -168,3 +168,19 @@ def test_cli_builds_for_webgpu_and_chats_on_the_artifacts_device(tmp_path, capsy
     assert capsys.readouterr().out.strip() != ""
     with pytest.raises(SystemExit, match="built for --target webgpu.*not cpu"):
         main(["chat", str(out), "--prompt", "hi", "--device", "cpu"])
+
+
+def test_the_serving_engine_runs_a_webgpu_artifact(tiny_webgpu, tiny_artifact):
+    """`serve`/`chat` on a WebGPU artifact (its device by default): continuous batching over the
+    device's runner answers as the CPU one does."""
+    from llm_deploy.serve.api import Engine
+
+    path, _ = tiny_webgpu
+    texts = {}
+    for device, artifact in (("webgpu", path), ("cpu", tiny_artifact)):
+        with Engine(str(artifact), device=device) as engine:
+            kernels = engine.artifact.executable.kernels
+            r = engine.completions.create(model="m", prompt=[1, 72, 101], max_tokens=6, temperature=0)
+            texts[device] = (r.choices[0].text, type(kernels).__module__.split(".")[-2])
+    assert texts["webgpu"][1] == "webgpu" and texts["cpu"][1] == "llvm"
+    assert texts["webgpu"][0] == texts["cpu"][0]
