@@ -82,6 +82,16 @@ def _branch_and_scratch() -> T.PrimFunc:
     )
 
 
+def _softmax(k: int) -> T.PrimFunc:
+    """Three stages over the same rows, passing a max and a sum per row through scratch buffers."""
+    A = te.placeholder((n, k), "float32", "A")
+    r1, r2 = te.reduce_axis(k, "r1"), te.reduce_axis(k, "r2")
+    mx = te.compute((n,), lambda i: te.max(A[i, r1], axis=r1), "row_max")
+    sm = te.compute((n,), lambda i: te.sum(T.intrin("exp", A[i, r2] - mx[i]), axis=r2), "row_sum")
+    out = te.compute((n, k), lambda i, j: T.intrin("exp", A[i, j] - mx[i]) / sm[i], "Out")
+    return te.create_prim_func([A, out])
+
+
 def _args(f: T.PrimFunc, sizes: dict, rng) -> list[np.ndarray]:
     out = []
     for b in f.buffers:
@@ -106,6 +116,7 @@ PROGRAMS = {
     "scatter-parallel": (_scatter_parallel(), [{"n": 5, "m": 9}, {"n": 300, "m": 300}]),
     "prefix-sum": (_prefix_sum(), [{"n": 1}, {"n": 50}]),
     "branch-and-scratch": (_branch_and_scratch(), [{"n": 3}, {"n": 20}]),
+    "softmax-rows": (_softmax(300), [{"n": 1}, {"n": 5}]),
 }
 
 
@@ -202,3 +213,17 @@ def main(A: Buffer[(n, 3), "float32"], B: Buffer[(n, 3), "float32"]):
 def test_a_scheduled_program_is_left_as_it_is():
     g = schedule(PROGRAMS["sum-300"][0])
     assert codegen({"g": g}).specs[0]["shaders"] == codegen({"f": PROGRAMS["sum-300"][0]}).specs[0]["shaders"]
+
+
+def test_stages_over_the_same_rows_become_one_workgroup_per_row():
+    """A softmax's three stages: one kernel, its max and sum per row in workgroup memory (the
+    scratch buffers of the row values are gone), barriers between the stages."""
+    f = PROGRAMS["softmax-rows"][0]
+    assert sum(isinstance(s, T.Allocate) and s.buffer.scope == "global" for s in walk(f.body)) == 2
+    g = schedule(f)
+    assert [lp.extent for lp in _loops(g) if lp.thread == "blockIdx.x"] == [n]
+    assert not any(isinstance(s, T.Allocate) and s.buffer.scope == "global" for s in walk(g.body))
+    rows = [
+        s.buffer.name for s in walk(g.body) if isinstance(s, T.Allocate) and s.buffer.shape == (S.const(1),)
+    ]
+    assert {"row_max_row", "row_sum_row"} <= set(rows)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 from llm_deploy.compiler import shape as S
 from llm_deploy.compiler import tir as T
+from llm_deploy.compiler.schedule.ir import rewrite_buffer
 from llm_deploy.compiler.shape import PrimExpr, SymVar
 from llm_deploy.targets.webgpu.walk import (
     free_names,
@@ -98,15 +99,19 @@ class _Context:
         return SymVar(self.fresh(hint))
 
     # -- the host part
-    def host(self, s: T.Stmt) -> T.Stmt:
+    def host(self, s: T.Stmt, scratch: dict[str, T.Buffer] | None = None) -> T.Stmt:
+        """`s` scheduled; `scratch`: the global buffers allocated around it on the host."""
+        scratch = scratch or {}
         match s:
             case T.Seq(stmts):
-                return T.seq(*(self.host(x) for x in stmts))
+                return T.seq(*self.fuse_rows(stmts, scratch))
             case T.Allocate(buf, body) if buf.scope == "global":
-                return T.Allocate(buf, self.host(body))
+                new = self.host(body, {**scratch, buf.name: buf})
+                used = any(x.buffer.name == buf.name for x in (*loads(new), *stores(new)))
+                return T.Allocate(buf, new) if used else new  # kept per row in workgroup memory
             case T.IfThenElse(cond, then_body, else_body) if self.uniform(cond):
-                e = None if else_body is None else self.host(else_body)
-                return T.IfThenElse(cond, self.host(then_body), e)
+                e = None if else_body is None else self.host(else_body, scratch)
+                return T.IfThenElse(cond, self.host(then_body, scratch), e)
             case T.For(_, _, _, "thread", _):
                 return s
         return self.stage(s)
@@ -179,8 +184,23 @@ class _Context:
         """`rows` outputs per workgroup, `lanes` threads per output: each lane folds a strided
         slice of k, then each row's lanes combine through workgroup memory in halving steps."""
         lanes, rows = self.reduce_shape(length)
-        threads = lanes * rows
         bx = self.var("bx")
+        total = _product([lp.extent for lp in spatial])
+        body = self.reduction_phases(spatial, lets, red, length, lanes, rows, bx)
+        return T.For(bx, S.floordiv(total + (rows - 1), rows), body, "thread", "blockIdx.x")
+
+    def reduction_phases(
+        self,
+        spatial: list[T.For],
+        lets: list[T.Let],
+        red: _Reduction,
+        length: PrimExpr,
+        lanes: int,
+        rows: int,
+        bx: SymVar,
+    ) -> T.Stmt:
+        """The work of workgroup `bx` in the reduction rule: fold, combine, finish."""
+        threads = lanes * rows
         total = _product([lp.extent for lp in spatial])
 
         def output(t: PrimExpr) -> PrimExpr:
@@ -231,7 +251,107 @@ class _Context:
         body: T.Stmt = T.seq(*steps)
         for buf in shared.values():
             body = T.Allocate(buf, body)
-        return T.For(bx, S.floordiv(total + (rows - 1), rows), body, "thread", "blockIdx.x")
+        return body
+
+    # -- several stages over the same rows: one workgroup per row
+    def fuse_rows(self, stmts: tuple[T.Stmt, ...], scratch: dict[str, T.Buffer]) -> list[T.Stmt]:
+        """Runs of stages over the same rows that pass per-row values through scratch buffers
+        (a norm's mean square, a softmax's max and sum) become one kernel: one workgroup per
+        row, the values kept in workgroup memory, a barrier between stages. The rest is
+        scheduled stage by stage."""
+        out: list[T.Stmt] = []
+        k = 0
+        while k < len(stmts):
+            # the longest run from k whose stages fit, and whose per-row values stay inside it
+            end = k + 1
+            while end < len(stmts) and self.row_group(stmts[k : end + 1], scratch, ()) is not None:
+                end += 1
+            while end - k > 1 and self.row_group(stmts[k:end], scratch, stmts[end:]) is None:
+                end -= 1
+            if end - k > 1:
+                out.append(self.rows_kernel(*self.row_group(stmts[k:end], scratch, stmts[end:])))  # type: ignore[misc]
+            else:
+                out.append(self.host(stmts[k], scratch))
+            k = end
+        return out
+
+    def row_group(self, stmts, scratch: dict[str, T.Buffer], after) -> tuple | None:
+        """(row extent, per stage (spatial, lets, body, reduction), the scratch buffers kept per
+        row) when `stmts` can run as one workgroup per row, else None."""
+        stages = []
+        for x in stmts:
+            if isinstance(x, T.For) and x.kind == "thread":
+                return None
+            spatial, lets, body = self.nest(x)
+            if not spatial:
+                return None
+            stages.append((spatial, lets, body, _match_reduction(body)))
+        rows = stages[0][0][0].extent
+        if any(st[0][0].extent != rows for st in stages) or stages[0][3] is None:
+            return None
+        for spatial, _, _, red in stages:
+            if red is not None and (len(spatial) != 1 or red.combine not in ("add", "mul", "max", "min")):
+                return None
+            if red is not None and not all(S.free_vars(lp.extent) <= self.dims for lp in red.loops):
+                return None
+        # per-row values: scratch buffers of shape (rows,), every access by the row variable
+        kept: dict[str, T.Buffer] = {}
+        for x, (spatial, _, _, _) in zip(stmts, stages):
+            row = SymVar(spatial[0].var.name)
+            for name, buf in scratch.items():
+                accesses = [st.indices for st in stores(x) if st.buffer.name == name]
+                accesses += [ld.indices for ld in loads(x) if ld.buffer.name == name]
+                if not accesses:
+                    continue
+                if buf.shape != (rows,) or any(idx != (row,) for idx in accesses):
+                    return None
+                kept[name] = buf
+        used_after = {ld.buffer.name for x in after for ld in loads(x)}
+        if not kept or kept.keys() & used_after:
+            return None
+        return rows, stages, kept
+
+    def rows_kernel(self, rows: PrimExpr, stages: list, kept: dict[str, T.Buffer]) -> T.Stmt:
+        cap = self.options.max_workgroup_size
+        lanes = 32
+        for spatial, _, _, red in stages:
+            extent = (
+                _product([lp.extent for lp in red.loops])
+                if red is not None
+                else _product([lp.extent for lp in spatial[1:]])
+            )
+            want = self.reduce_shape(extent)[0] if red is not None else cap
+            if isinstance(extent, S.IntImm):
+                want = min(want, max(32, 1 << (max(1, extent.value) - 1).bit_length()))
+            lanes = max(lanes, min(cap, want))
+        bx = self.var("bx")
+        phases: list[T.Stmt] = []
+        for spatial, lets, body, red in stages:
+            if red is not None:
+                length = _product([lp.extent for lp in red.loops])
+                phases.append(self.reduction_phases(spatial, lets, red, length, lanes, 1, bx))
+            else:
+                phases.append(self.row_elements(spatial, lets, body, lanes, bx))
+            phases.append(T.Barrier())
+        body: T.Stmt = T.seq(*phases[:-1])
+        for name, buf in kept.items():
+            local = T.Buffer(self.fresh(f"{name}_row"), (1,), buf.dtype, "shared")
+            body = T.Allocate(local, rewrite_buffer(body, name, local, lambda idx: (S.const(0),)))
+        return T.For(bx, rows, body, "thread", "blockIdx.x")
+
+    def row_elements(
+        self, spatial: list[T.For], lets: list[T.Let], body: T.Stmt, threads: int, bx: SymVar
+    ) -> T.Stmt:
+        """The elements of row bx of an elementwise stage, strided over the workgroup's threads."""
+        inner = spatial[1:]
+        count = _product([lp.extent for lp in inner])
+        t, q = self.var("tx"), self.var("q")
+        e = q * threads + t
+        stmt = subst(_wrap_lets(lets, body), {spatial[0].var.name: bx, **_decompose(e, inner)})
+        if not self.analyzer.can_prove_equal(S.floormod(count, threads), 0):
+            stmt = T.IfThenElse(T.binary("lt", e, count), stmt)
+        loop = T.For(q, S.floordiv(count + (threads - 1), threads), stmt)
+        return T.For(t, threads, loop, "thread", "threadIdx.x")
 
     def reduce_shape(self, length: PrimExpr) -> tuple[int, int]:
         """(lanes per output, outputs per workgroup) for a reduction of `length`."""

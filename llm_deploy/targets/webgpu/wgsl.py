@@ -332,6 +332,11 @@ class KernelEmitter:
             self.indent -= 1
             self.emit("}")
             return
+        if isinstance(s.extent, S.IntImm) and s.extent.value == 1:  # no loop for one iteration
+            self.emit("{")
+            self.block(subst(s.body, {s.var.name: S.const(0)}), sc)
+            self.emit("}")
+            return
         if s.kind == "unrolled" and isinstance(s.extent, S.IntImm) and s.extent.value <= UNROLL_LIMIT:
             # one copy of the body per iteration: indices into local arrays become constants,
             # which lets the driver keep those arrays in registers
