@@ -184,3 +184,31 @@ def test_the_serving_engine_runs_a_webgpu_artifact(tiny_webgpu, tiny_artifact):
             texts[device] = (r.choices[0].text, type(kernels).__module__.split(".")[-2])
     assert texts["webgpu"][1] == "webgpu" and texts["cpu"][1] == "llvm"
     assert texts["webgpu"][0] == texts["cpu"][0]
+
+
+def test_a_float16_kv_cache_needs_shader_f16_and_runs_where_it_is(artifacts_dir, gpu):  # noqa: F811
+    """--kv-dtype float16: the attention kernel stores float16 pools, so the build needs
+    `shader-f16`. Where the adapter has it (lavapipe), the tokens are the CPU build's; on a
+    device without it, loading the kernels fails with the feature's name."""
+    from llm_deploy.build import build_model
+    from llm_deploy.runtime.artifact import load_artifact
+    from llm_deploy.runtime.model_runner import ModelRunner
+    from llm_deploy.targets.webgpu.runtime import WebGPUError, request_device
+
+    built = {
+        target: build_model(
+            "llama-tiny", target, artifacts_dir / f"tiny-kv16-{target}", progress=False, kv_dtype="float16"
+        )
+        for target in ("webgpu", "llvm")
+    }
+    gpu_art = load_artifact(built["webgpu"])
+    assert gpu_art.executable.kernels.needs_f16
+    assert greedy(ModelRunner(gpu_art), 0, PROMPTS[0], 12) == greedy(
+        ModelRunner(load_artifact(built["llvm"])), 0, PROMPTS[0], 12
+    )
+    plain = request_device(f16=False)
+    kernels = load_artifact(built["webgpu"]).executable.kernels
+    from llm_deploy.targets.webgpu.kernels import check_features
+
+    with pytest.raises(WebGPUError, match="shader-f16"):
+        check_features(kernels, plain)

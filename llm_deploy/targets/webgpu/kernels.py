@@ -304,6 +304,17 @@ def _compile_cond(c: list) -> Callable[[Mapping[str, int]], bool]:
     raise ValueError(f"unknown condition {op!r}")
 
 
+def check_features(module: KernelModule, device: WebGPUDevice) -> None:
+    if module.needs_f16 and not device.has_f16:
+        kernels = [k["name"] for k in module.specs if any(s["f16"] for s in k["shaders"])]
+        raise WebGPUError(
+            f"this build computes in float16 (kernels {', '.join(kernels[:3])}{', ...' if len(kernels) > 3 else ''}), "
+            f"which needs the WebGPU feature {F16_FEATURE!r}; the adapter {device.info.get('device', '?')} "
+            f"({device.info.get('backend_type', '?')}) lacks it. Build with float32 (for the KV cache: "
+            "--kv-dtype float32) to run on this adapter"
+        )
+
+
 class KernelModule:
     """Kernels of one build. Pipelines are created on the module's device at first call."""
 
@@ -314,8 +325,12 @@ class KernelModule:
 
     @property
     def device(self) -> WebGPUDevice:
+        """The device the kernels run on (the process's default unless given); a module that
+        computes in float16 is refused here, by name of the feature, on a device without it."""
         if self._device is None:
-            self._device = default_device()
+            device = default_device()
+            check_features(self, device)
+            self._device = device
         return self._device
 
     def prepare(self) -> KernelModule:
