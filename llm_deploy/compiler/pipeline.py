@@ -58,8 +58,9 @@ def webgpu_schedule(mod: IRModule) -> IRModule:
     return default_schedule(mod, "webgpu")
 
 
-# WebGPU: the quantized ops as plain loops (the CPU's come scheduled), the GPU's schedules.
-PIPELINES["webgpu"] = [lower_kv_cache, lower_quantized, legalize, webgpu_schedule]
+# WebGPU: the quantized ops as plain loops (the CPU's come scheduled), then the same
+# optimizations with the GPU's schedules (planned tensors: views of device buffers).
+PIPELINES["webgpu"] = _optimized([lower_kv_cache, lower_quantized, legalize, webgpu_schedule])
 # Vulkan runs the same GPU schedules.
 PIPELINES["vulkan"] = PIPELINES["webgpu"]
 
