@@ -10,16 +10,19 @@ never from the op's name:
   and split over workgroups of up to 256 threads, one thread per iteration; the body (inner
   loops included) runs in that thread.
 - reduction (`acc = init; for k: acc = acc op v; out = f(acc)`, op add/mul/max/min, or the
-  argmax/argmin pair): one workgroup per output; its threads fold strided slices of k into
-  private accumulators, then combine them through workgroup memory in a tree of halving steps
-  separated by barriers. Reductions shorter than 32 fold serially in one thread per output.
+  argmax/argmin pair): up to 32 threads per output (a SIMD group's worth) and 8 outputs per
+  workgroup; the threads of an output fold strided slices of k into private accumulators, then
+  combine them through workgroup memory in halving steps separated by barriers. Reductions
+  shorter than 32 fold serially in one thread per output.
 - matrix-vector / matrix-matrix (a sum whose value splits into a part that does not depend on
   one output dim j and a part that does not depend on another, i: `A[i, k] * B[j, k]`, or a
   dequantized weight in place of B): a host branch on the rows I. Few rows (decode) take the
-  reduction rule: one workgroup per output, the weight row read once by many threads. More rows
-  (prefill) take a register-tiled matrix-matrix schedule: 64 threads per 32x32 tile of outputs,
-  each thread a 4x4 block, the A and B parts of each k loaded once into registers and reused
-  four times each.
+  reduction rule: the weight row read once, by many threads. More rows (prefill) take a
+  register-tiled matrix-matrix schedule: 64 threads per 32x32 tile of outputs, each thread a
+  4x4 block (unrolled: registers), the A and B parts of each k loaded once and reused four times.
+- rows: consecutive stages over the same rows that pass per-row values through scratch buffers
+  (a norm's mean square; a softmax's max and sum) run as one workgroup per row, those values in
+  workgroup memory, a barrier between stages: one dispatch, no scratch buffer.
 - a stage with no independent loop runs in one thread.
 
 A loop is independent when marked so (`parallel`, `vectorized`: a kernel author's or a pass's
@@ -42,7 +45,6 @@ from llm_deploy.targets.webgpu.walk import (
     free_names,
     loads,
     map_loads,
-    stmt_free_names,
     stores,
     subst,
     subst_value,
@@ -128,13 +130,12 @@ class _Context:
         red = _match_reduction(body)
         if red is not None and all(S.free_vars(lp.extent) <= self.dims for lp in red.loops):
             length = _product([lp.extent for lp in red.loops])
-            n = self.analyzer.upper_bound(length)
             short = isinstance(length, S.IntImm) and length.value < SERIAL_REDUCTION
             if not short:
                 mm = self.matmul(spatial, lets, red)
                 if mm is not None:
                     return mm
-                return self.cross_thread(spatial, lets, red, length, n)
+                return self.cross_thread(spatial, lets, red, length)
         return self.elementwise(spatial, _wrap_lets(lets, body))
 
     def nest(self, s: T.Stmt) -> tuple[list[T.For], list[T.Let], T.Stmt]:
@@ -179,7 +180,7 @@ class _Context:
         return T.For(bx, blocks, T.For(tx, threads, inner, "thread", "threadIdx.x"), "thread", "blockIdx.x")
 
     def cross_thread(
-        self, spatial: list[T.For], lets: list[T.Let], red: _Reduction, length: PrimExpr, bound: int | None
+        self, spatial: list[T.For], lets: list[T.Let], red: _Reduction, length: PrimExpr
     ) -> T.Stmt:
         """`rows` outputs per workgroup, `lanes` threads per output: each lane folds a strided
         slice of k, then each row's lanes combine through workgroup memory in halving steps."""
@@ -369,7 +370,7 @@ class _Context:
             return None
         rows = spatial[mm.i].extent
         length = _product([lp.extent for lp in red.loops])
-        gemv = self.cross_thread(spatial, lets, red, length, self.analyzer.upper_bound(length))
+        gemv = self.cross_thread(spatial, lets, red, length)
         if isinstance(rows, S.IntImm) and rows.value <= GEMV_ROWS:
             return gemv
         gemm = self.tiled(spatial, red, mm)
@@ -675,6 +676,3 @@ def _alloc_all(bufs: list[T.Buffer], body: T.Stmt) -> T.Stmt:
     for b in reversed(bufs):
         body = T.Allocate(b, body)
     return body
-
-
-__all__ = ["schedule", "stmt_free_names"]
