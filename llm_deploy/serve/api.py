@@ -457,14 +457,16 @@ def _load_artifact(model: Any, device: str | None, quantization: str | None, num
     targets = {None: "llvm", "cpu": "llvm", "webgpu": "webgpu", "vulkan": "vulkan"}  # --device -> its target
     if device not in targets:
         raise ValueError(f"device {device!r} is not available in this build; available: cpu, webgpu, vulkan")
-    if isinstance(model, Artifact):
-        return model
+    if isinstance(model, Artifact) or (isinstance(model, (str, os.PathLike)) and is_artifact(model)):
+        artifact = model if isinstance(model, Artifact) else load_artifact(model, num_threads)
+        built = artifact.executable.target
+        if device is not None and targets[device] != built:
+            raise ValueError(f"device {device!r} cannot run this artifact: it was built for --target {built}")
+        return artifact
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(
             f"Engine(model): an artifact folder, a model name or path, or an Artifact; got {model!r}"
         )
-    if is_artifact(model):
-        return load_artifact(model, num_threads)
     from llm_deploy.build import ensure_artifact  # needs the compiler: only for models not yet built
 
     return load_artifact(ensure_artifact(model, targets[device], quantization), num_threads)
