@@ -56,6 +56,7 @@ def test_rows_of_the_wrong_size_are_refused():
         pack_ggml(GGMLPacking("Q8_0"), np.zeros((2, 34), np.uint8), (2, 48))
 
 
+@pytest.mark.slow
 def test_the_shipped_model_file_decodes_exactly(smollm2):
     """Every quantized tensor of the default model's GGUF (Q4_1, Q8_0) through our split."""
     weights = smollm2.weights

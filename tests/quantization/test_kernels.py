@@ -63,9 +63,14 @@ def _module(packing):
 
 
 @pytest.fixture(scope="module")
-def compiled():
-    """Every case legalized, and all their kernels compiled in one LLVM module."""
-    mods = {name: legalize(_module(p)) for name, (p, _, _) in CASES.items()}
+def legalized():
+    return {name: legalize(_module(p)) for name, (p, _, _) in CASES.items()}
+
+
+@pytest.fixture(scope="module")
+def compiled(legalized):
+    """All the cases' kernels compiled in one LLVM module (about 10 s: the tests using it are slow)."""
+    mods = legalized
     kernels = {
         f"{name}__{k}": f for name, mod in mods.items() for k, f in mod.items() if isinstance(f, tir.PrimFunc)
     }
@@ -79,6 +84,7 @@ def _vm(name, mods, km):
     return VirtualMachine(json.loads(json.dumps(program)), mine, {}, constants)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_compiled_kernels_match_numpy(name, compiled):
     mods, km = compiled
@@ -94,6 +100,7 @@ def test_compiled_kernels_match_numpy(name, compiled):
         np.testing.assert_allclose(e, w[ids], rtol=1e-6, atol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", GGML_TYPES)
 def test_gguf_kernels_decode_as_gguf_does(name, compiled):
     """The take kernel reads every row: what it returns is the kernels' decoding of the blocks."""
@@ -105,6 +112,7 @@ def test_gguf_kernels_decode_as_gguf_does(name, compiled):
     np.testing.assert_allclose(rows, reference, rtol=1e-6, atol=0)  # fused multiply-add: at most an ulp
 
 
+@pytest.mark.slow
 def test_kernels_vectorize_every_loop_they_mark(compiled):
     """No vectorized loop falls back to scalar code (no gathers, no lane-varying branches)."""
     _, km = compiled
@@ -112,9 +120,10 @@ def test_kernels_vectorize_every_loop_they_mark(compiled):
 
 
 @pytest.mark.parametrize("name", ["q4f16_1", "Q4_K"])
-def test_the_interpreter_and_the_tir_interpreter_agree(name, compiled):
-    """The graph-level op (numpy) and its tensor programs (tir interpreter) on the same inputs."""
-    mods, _ = compiled
+def test_the_interpreter_and_the_tir_interpreter_agree(name, legalized):
+    """The graph-level op (numpy) and its tensor programs (tir interpreter) on the same inputs:
+    both paths of the kernel (one row of x, several)."""
+    mods = legalized
     packing, arrays, _ = CASES[name]
     rng = np.random.default_rng(2)
     for n in (1, 4):
@@ -126,9 +135,9 @@ def test_the_interpreter_and_the_tir_interpreter_agree(name, compiled):
         np.testing.assert_array_equal(got[1], want[1])
 
 
-def test_lowered_kernels_round_trip_through_text(compiled):
+def test_lowered_kernels_round_trip_through_text(legalized):
     from llm_deploy.compiler.testing import assert_roundtrip
 
-    mods, _ = compiled
+    mods = legalized
     assert_roundtrip(mods["Q4_1"])
     assert_roundtrip(mods["q8f16_1"])
