@@ -416,4 +416,5 @@ def run(mod: IRModule, func_name: str, *args: Any, check_info: bool = True) -> A
 # The built-in ops' numpy semantics; imported last since that module registers through this one.
 from llm_deploy.compiler import interpreter_calls as _interpreter_calls  # noqa: E402, F401  call_tir, call_extern
 from llm_deploy.compiler import interpreter_ops as _interpreter_ops  # noqa: E402, F401
+
 from llm_deploy.compiler import interpreter_kv as _interpreter_kv  # noqa: F401, E402  isort: skip
