@@ -7,61 +7,10 @@ from dataclasses import replace
 
 from llm_deploy.compiler import shape as S
 from llm_deploy.compiler import tir as T
+
+# The generic walkers are the schedule layer's; re-exported for the GPU codegens.
+from llm_deploy.compiler.schedule.ir import children, stmt_values, value_children, walk, walk_values  # noqa: F401
 from llm_deploy.compiler.shape import PrimExpr
-
-
-def children(s: T.Stmt) -> tuple[T.Stmt, ...]:
-    match s:
-        case T.For(_, _, body) | T.Let(_, _, body) | T.Allocate(_, body):
-            return (body,)
-        case T.IfThenElse(_, then_body, else_body):
-            return (then_body,) if else_body is None else (then_body, else_body)
-        case T.Seq(stmts):
-            return stmts
-    return ()
-
-
-def walk(s: T.Stmt) -> Iterator[T.Stmt]:
-    yield s
-    for c in children(s):
-        yield from walk(c)
-
-
-def value_children(e: T.Value) -> tuple[T.Value, ...]:
-    match e:
-        case T.Load(_, indices):
-            return indices
-        case T.Binary(_, a, b):
-            return (a, b)
-        case T.Intrin(_, args):
-            return args
-        case T.Cast(_, value):
-            return (value,)
-        case T.Select(c, a, b):
-            return (c, a, b)
-    return ()
-
-
-def walk_values(e: T.Value) -> Iterator[T.Value]:
-    yield e
-    for c in value_children(e):
-        yield from walk_values(c)
-
-
-def stmt_values(s: T.Stmt) -> tuple[T.Value, ...]:
-    """The value expressions directly in `s` (not in nested statements)."""
-    match s:
-        case T.For(_, extent, _):
-            return (extent,)
-        case T.Store(_, indices, value):
-            return (*indices, value)
-        case T.Let(_, value, _):
-            return (value,)
-        case T.IfThenElse(cond, _, _):
-            return (cond,)
-        case T.Allocate(buffer, _):
-            return buffer.shape
-    return ()
 
 
 def loads(s: T.Stmt) -> Iterator[T.Load]:
