@@ -1,0 +1,1 @@
+"""The in-browser runtime (plain ES modules under runtime/) and the pages that use it."""
