@@ -136,6 +136,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    from llm_deploy.web.server import WebServer
+
+    server = WebServer(args.artifact, host=args.host, port=args.port, quiet=args.quiet)
+    print(
+        f"llm-deploy web: {server.url}/ (the model runs in the visitor's browser; Ctrl+C to stop)", flush=True
+    )
+    try:
+        server.serve_forever()
+    finally:
+        server.httpd.server_close()
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-deploy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,9 +207,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(run=cmd_serve)
 
-    p = sub.add_parser("web", help="serve a chat page that runs the model in the browser")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(run=_not_built("web"))
+    p = sub.add_parser("web", help="serve a chat page that runs the model in the browser (WebGPU)")
+    p.add_argument("artifact", help="an artifact folder built with --target webgpu")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--quiet", action="store_true", help="do not log requests")
+    p.set_defaults(run=cmd_web)
     return parser
 
 

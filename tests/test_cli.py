@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 
@@ -78,9 +80,44 @@ def test_bench_json(built):
     assert all(v > 0 for v in result.values())
 
 
-def test_unbuilt_commands_exit_2():
-    proc = cli("web", "x")
-    assert proc.returncode == 2 and "not built yet" in proc.stderr
+def test_web_serves_the_page_and_the_artifact_and_computes_nothing(tmp_path):
+    out = tmp_path / "tiny-webgpu"
+    assert (
+        cli(
+            "build", "--model", "llama-tiny", "--target", "webgpu", "--quiet", "--output", str(out)
+        ).returncode
+        == 0
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llm_deploy.cli", "web", str(out), "--port", "0", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        url = proc.stdout.readline().split()[2].rstrip("/")
+        page = httpx.get(url + "/")
+        assert page.status_code == 200 and '<script type="module" src="/web/local.js">' in page.text
+        config = httpx.get(url + "/web-config.json").json()
+        assert config["model"] == "llama-tiny" and config["artifact"] == "/artifact/"
+        manifest = httpx.get(url + "/artifact/manifest.json").json()
+        assert manifest["target"] == "webgpu"
+        assert httpx.get(url + "/web/runtime/engine.js").headers["content-type"] == "text/javascript"
+        host, port = url.removeprefix("http://").split(":")
+        raw = http.client.HTTPConnection(host, int(port))  # sends the path as written, dots and all
+        raw.request("GET", "/artifact/../../../../etc/passwd")
+        assert raw.getresponse().status == 404
+        assert httpx.get(url + "/web/server.py").status_code == 404
+        assert httpx.post(url + "/v1/chat/completions", json={}).status_code == 405
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_web_refuses_what_the_browser_cannot_run(tmp_path, built):
+    proc = cli("web", str(tmp_path / "nope"))
+    assert proc.returncode == 1 and "nope is not an artifact folder" in proc.stderr
+    llvm_artifact, _ = built
+    proc = cli("web", str(llvm_artifact))
+    assert proc.returncode == 1 and "--target webgpu" in proc.stderr
 
 
 def test_bad_input_is_a_clear_error(tmp_path):

@@ -31,6 +31,7 @@ function numberField(id, parse) {
 }
 
 function setBusy(busy) {
+  $("new-chat").disabled = busy;
   $("send").disabled = busy;
   $("input").disabled = busy;
 }
@@ -79,9 +80,13 @@ async function send(text) {
 async function main() {
   const config = await (await fetch("/web-config.json", { cache: "no-store" })).json();
   $("model").textContent = config.model;
+  // ?max-binding-bytes=N checks the build against a device whose storage bindings hold N bytes
+  const query = new URLSearchParams(location.search);
+  const maxBinding = query.has("max-binding-bytes") ? Number(query.get("max-binding-bytes")) : undefined;
   try {
     engine = await createEngine(config.artifact, {
       version: config.version,
+      maxStorageBufferBindingSize: maxBinding,
       onProgress: (p) => {
         $("progress").value = p.fraction;
         $("progress-text").textContent = p.text;

@@ -93,38 +93,37 @@ async function fetchFile(base, file, version, store, report, stats) {
       return bytes;
     }
   }
-  const response = await fetch(url.href, { cache: "no-store" });
-  if (!response.ok) throw new ArtifactError(`GET ${url.pathname}: ${response.status} ${response.statusText} (is this an artifact folder?)`);
-  const total = Number(response.headers.get("content-length")) || 0;
-  const bytes = await readWithProgress(response, total, (loaded) => report(file, loaded, Math.max(total, loaded), false));
+  const { bytes, type } = await download(url, (loaded, total) => report(file, loaded, Math.max(total, loaded), false));
   stats.downloadedBytes += bytes.length;
   stats.files[file] = { bytes: bytes.length, fromCache: false };
   if (store) {
-    const headers = { "content-type": response.headers.get("content-type") || "application/octet-stream", "content-length": String(bytes.length) };
+    const headers = { "content-type": type || "application/octet-stream", "content-length": String(bytes.length) };
     await store.put(url.href, new Response(bytes, { headers }));
   }
   return bytes;
 }
 
-async function readWithProgress(response, total, progress) {
-  if (!response.body) return new Uint8Array(await response.arrayBuffer());
-  const reader = response.body.getReader();
-  let out = new Uint8Array(total || 1 << 16);
-  let loaded = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    if (loaded + value.length > out.length) {
-      const grown = new Uint8Array(Math.max(out.length * 2, loaded + value.length));
-      grown.set(out.subarray(0, loaded));
-      out = grown;
-    }
-    out.set(value, loaded);
-    loaded += value.length;
-    progress(loaded);
-  }
-  progress(loaded);
-  return loaded === out.length ? out : out.slice(0, loaded);
+/** GET `url` as bytes, reporting progress (XMLHttpRequest: its progress events need no body
+ * stream, whose early release Chromium reports as an aborted request). */
+function download(url, progress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("GET", url.href);
+    xhr.responseType = "arraybuffer";
+    xhr.setRequestHeader("Cache-Control", "no-store");
+    xhr.onprogress = (e) => progress(e.loaded, e.lengthComputable ? e.total : 0);
+    xhr.onload = () => {
+      if (xhr.status !== 200) {
+        reject(new ArtifactError(`GET ${url.pathname}: ${xhr.status} ${xhr.statusText} (is this an artifact folder?)`));
+        return;
+      }
+      const bytes = new Uint8Array(xhr.response);
+      progress(bytes.length, bytes.length);
+      resolve({ bytes, type: xhr.getResponseHeader("content-type") });
+    };
+    xhr.onerror = () => reject(new ArtifactError(`GET ${url.pathname} failed: the server could not be reached`));
+    xhr.send();
+  });
 }
 
 /** kernels.wgsl: every shader after a `// kernel <name> shader <i>` line -> {"name#i": code}. */

@@ -7,6 +7,8 @@
 
 export class KVCacheError extends Error {}
 
+const MIN_PADDED_PAGES = 16;
+
 export class PagedKVCache {
   constructor(device, { numLayers, numKvHeads, headDim, pageSize, numPages, dtype }) {
     Object.assign(this, { device, numLayers, numKvHeads, headDim, pageSize, numPages, dtype });
@@ -64,7 +66,10 @@ export class PagedKVCache {
     const positions = new Int32Array(n), tokenSeq = new Int32Array(n);
     const appendSlots = new Int32Array(2 * n); // int64 little-endian: low word, high word (0)
     const pageIndptr = new Int32Array(ids.length + 1);
-    const pageIndices = new Int32Array(seqs.reduce((s, seq) => s + seq.pages.length, 0));
+    // Padded with zeros to a power of two (at least 16), as kv_cache/step.py pads it: kernels read
+    // it only through page_indptr, and a length that rarely changes keeps plans and bind groups.
+    const total = seqs.reduce((s, seq) => s + seq.pages.length, 0);
+    const pageIndices = new Int32Array(Math.max(MIN_PADDED_PAGES, 2 ** Math.ceil(Math.log2(Math.max(total, 1)))));
     const lastTokenIndices = new Int32Array(ids.length);
     let t = 0;
     seqs.forEach((seq, i) => {

@@ -24,6 +24,7 @@ export class Tokenizer {
   }
 
   decode(ids, skipSpecialTokens = false) {
+    if (!ids.length) return ""; // the library refuses an empty list
     return this.backend.decode(ids, { skip_special_tokens: skipSpecialTokens, clean_up_tokenization_spaces: false });
   }
 
