@@ -56,7 +56,8 @@ def build_model(
 
     stage("building IR")
     mod = build_llama(model.config, "float32", options.context_window)
-    mod = mod.with_attrs(kv_dtype=options.kv_dtype)  # the KV pools' dtype, for lower_kv_cache
+    # The KV pools' dtype (lower_kv_cache) and whether decode takes int8 activations (int_dot).
+    mod = mod.with_attrs(kv_dtype=options.kv_dtype, int_dot=options.int_dot)
     mod = quantize(mod, options.quantization, source_types)
     steps.update()
 

@@ -427,6 +427,9 @@ class BuildOptions:
     kv_page_size: int = 16
     kv_dtype: str = "float32"
     quantization: str = "q0f32"
+    # CPU decode multiplies GGUF Q4_0/Q4_1/Q8_0 blocks with int8-quantized activations, as llama.cpp
+    # does (compiler/passes/int_dot.py); False keeps the exact float kernels.
+    int_dot: bool = True
 
     def __post_init__(self) -> None:
         for name in ("context_window", "prefill_chunk", "kv_page_size"):
@@ -443,6 +446,7 @@ class BuildOptions:
             self.context_window % self.kv_page_size == 0,
             f"context_window ({self.context_window}) must be a multiple of kv_page_size ({self.kv_page_size})",
         )
+        _require(isinstance(self.int_dot, bool), f"build option int_dot must be true or false, got {self.int_dot!r}")
         _require(self.kv_dtype in KV_DTYPES, f"kv_dtype {self.kv_dtype!r} is not one of {KV_DTYPES}")
         _require(
             self.quantization in QUANTIZATION_NAMES,

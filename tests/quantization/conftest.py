@@ -7,7 +7,9 @@ import pytest
 
 @pytest.fixture(scope="session")
 def format_artifact(artifacts_dir, default_artifact):
-    """format name -> artifact folder of the default model, built on first use."""
+    """format name -> artifact folder of the default model, built on first use, with the exact
+    kernels everywhere (int_dot off: decode's int8-activation kernels are judged on their own,
+    in test_int_dot_quality.py)."""
     from llm_deploy.build import build_model
 
     built = {"q0f32": default_artifact}
@@ -15,8 +17,9 @@ def format_artifact(artifacts_dir, default_artifact):
     def get(fmt: str):
         if fmt not in built:
             built[fmt] = build_model(
-                "llama", output=artifacts_dir / f"llama-{fmt}-llvm", quantization=fmt, progress=False
-            )
+                "llama", output=artifacts_dir / f"llama-{fmt}-llvm", quantization=fmt, progress=False,
+                int_dot=False,
+            )  # fmt: skip
         return built[fmt]
 
     return get

@@ -2,6 +2,9 @@
 
     dequantize_linear(x (..., K), *arrays, packing=P, shape=(N, K)) -> (..., N)    x @ W^T
     dequantize_take(ids (...), *arrays, packing=P, shape=(N, K))    -> (..., K)    W[ids]
+    int_dot_linear(x (..., K), *arrays, packing=ggml:T, shape=(N, K)) -> (..., N)
+        x @ W^T with x quantized to int8 per block of 32 and integer block products, as llama.cpp
+        computes it (T in Q4_0, Q4_1, Q8_0; numpy meaning: llm_deploy/quantization/int_dot.py)
 
 `arrays` are the packed arrays of one (N, K) weight, in the order and with the shapes and dtypes
 of `packing_from_key(P).arrays(shape)` (llm_deploy/quantization/formats.py). W never exists as a
@@ -82,6 +85,23 @@ def _infer_dequantize_linear(call: Call, infos: list[StructInfo], ctx: InferCont
     return TensorInfo((*x.shape[:-1], S.const(n_out)), x.dtype)
 
 
+@register_op("int_dot_linear", attrs=dict(_ATTRS))
+def _infer_int_dot_linear(call: Call, infos: list[StructInfo], ctx: InferContext) -> StructInfo:
+    """dequantize_linear's shapes; only GGUF blocks with an integer kernel, float32 input."""
+    from llm_deploy.quantization.int_dot import INT_DOT_TYPES
+
+    kind, _, ggml_type = str(call.attrs["packing"]).partition(":")
+    if kind != "ggml" or ggml_type not in INT_DOT_TYPES:
+        raise ShapeError(
+            f"int_dot_linear: packing {call.attrs['packing']} has no integer kernel; "
+            f"supported: {', '.join('ggml:' + t for t in INT_DOT_TYPES)}"
+        )
+    info = _infer_dequantize_linear(call, infos, ctx)
+    if isinstance(info, TensorInfo) and info.dtype not in (None, "float32"):
+        raise ShapeError(f"int_dot_linear: the input must be float32, got {info_str(infos[0])}")
+    return info
+
+
 @register_op("dequantize_take", attrs=dict(_ATTRS))
 def _infer_dequantize_take(call: Call, infos: list[StructInfo], ctx: InferContext) -> StructInfo:
     """take(W, ids, axis=0) with W read from its packed arrays: (...) -> (..., K) float32."""
@@ -97,6 +117,10 @@ def _infer_dequantize_take(call: Call, infos: list[StructInfo], ctx: InferContex
 
 def dequantize_linear(x: Expr, arrays: Sequence[Expr], packing: str, shape: tuple[int, int]) -> Call:
     return make_call("dequantize_linear", (x, *arrays), packing=packing, shape=tuple(shape))
+
+
+def int_dot_linear(x: Expr, arrays: Sequence[Expr], packing: str, shape: tuple[int, int]) -> Call:
+    return make_call("int_dot_linear", (x, *arrays), packing=packing, shape=tuple(shape))
 
 
 def dequantize_take(ids: Expr, arrays: Sequence[Expr], packing: str, shape: tuple[int, int]) -> Call:
@@ -121,6 +145,14 @@ def _impl_linear(x, *arrays, packing, shape):
     return np.matmul(x.astype(np.float32), w.T).astype(x.dtype)
 
 
+def _impl_int_dot(x, *arrays, packing, shape):
+    from llm_deploy.quantization.int_dot import int_dot_linear as reference
+
+    p = packing_from_key(packing)
+    names = [s.suffix for s in p.arrays(tuple(int(d) for d in shape))]  # type: ignore[arg-type]
+    return reference(x, p.ggml_type, dict(zip(names, arrays)))  # type: ignore[attr-defined]
+
+
 def _impl_take(ids, *arrays, packing, shape):
     return np.take(_weight(arrays, packing, shape), ids.astype(np.int64), axis=0)
 
@@ -130,8 +162,10 @@ def _register_impls() -> None:
 
     register_impl("dequantize_linear")(_impl_linear)
     register_impl("dequantize_take")(_impl_take)
+    register_impl("int_dot_linear")(_impl_int_dot)
 
 
 _register_impls()
 
 from llm_deploy.compiler.ops import lower_quantized as _lower_quantized  # noqa: E402, F401  isort: skip
+from llm_deploy.compiler.ops import lower_int_dot as _lower_int_dot  # noqa: E402, F401  isort: skip

@@ -60,7 +60,12 @@ from llm_deploy.compiler.shape import SymVar
 
 
 def fuse_ops(mod: IRModule) -> IRModule:
-    patterns = {name: analyze(f) for name, f in mod.items() if isinstance(f, tir.PrimFunc)}
+    # A program whose body a target replaces by a microkernel is never merged with another.
+    patterns = {
+        name: analyze(f)
+        for name, f in mod.items()
+        if isinstance(f, tir.PrimFunc) and "microkernel" not in f.attrs
+    }
     state = _Outliner(mod)
     for name, f in list(mod.items()):
         if isinstance(f, Function) and not is_primitive(f):

@@ -19,6 +19,7 @@ from llvmlite import ir
 
 from llm_deploy.compiler import shape as S
 from llm_deploy.compiler import tir as T
+from llm_deploy.targets.llvm import microkernels
 from llm_deploy.targets.llvm import threadpool as pool
 from llm_deploy.targets.llvm.abi import PY_DATA_OFFSET, PY_PREFIX, KernelSignature, ParamSpec, symbol_of
 from llm_deploy.targets.llvm.dtypes import I64, PTR, dtype
@@ -102,7 +103,10 @@ def _emit_kernel(state: ModuleState, name: str, f: T.PrimFunc, sig: KernelSignat
         arg.name = v
         # A dim is a size, never negative; that lets index math use unsigned division.
         em.bind(v, arg, lo=-S.INF if v in scalars else 0)
-    em.stmt(f.body)
+    if "microkernel" in f.attrs:
+        _call_microkernel(state, em, name, f)
+    else:
+        em.stmt(f.body)
     em.finish()
 
     entry = state.function(symbol_of(name), ir.VoidType(), [PTR, PTR])
@@ -130,6 +134,23 @@ def _emit_kernel(state: ModuleState, name: str, f: T.PrimFunc, sig: KernelSignat
     b.ret_void()
 
 
+def _call_microkernel(state: ModuleState, em: FunctionEmitter, name: str, f: T.PrimFunc) -> None:
+    """The body is a call of the hand-written kernel (microkernels.py), linked in by `optimize`."""
+    kind, _, ggml_type = str(f.attrs["microkernel"]).partition(":")
+    x, *_, out = f.buffers
+    if (
+        kind != "q8dot"
+        or ggml_type not in microkernels.TYPES
+        or len(f.buffers) != 2 + len(microkernels.arrays_of(ggml_type))
+    ):
+        raise CodegenError(f"kernel {name}: no microkernel {f.attrs['microkernel']!r} for these buffers")
+    n, k = (int(d.value) for d in (out.shape[1], x.shape[1]))  # type: ignore[union-attr]
+    symbol = microkernels.symbol(name)
+    state.microkernels[symbol] = (ggml_type, n, k)
+    fn = state.function(symbol, ir.VoidType(), [PTR] * len(f.buffers) + [I64])
+    em.b.call(fn, [em.bufs[b.name] for b in f.buffers] + [em.index(x.shape[0])])
+
+
 def _py_data_offset(module: ir.Module) -> ir.GlobalVariable:
     g = module.globals.get(PY_DATA_OFFSET)
     if g is None:
@@ -141,9 +162,15 @@ def _py_data_offset(module: ir.Module) -> ir.GlobalVariable:
 def build_ir(
     prim_funcs: Mapping[str, T.PrimFunc], options: LLVMOptions | None = None
 ) -> tuple[str, dict[str, KernelSignature], list[str]]:
-    """LLVM IR text of the kernels (before optimization, without the pool), their signatures,
-    and notes on loops that could not be vectorized."""
-    options = options or LLVMOptions()
+    """LLVM IR text of the kernels (before optimization, without the pool and microkernels),
+    their signatures, and notes on loops that could not be vectorized."""
+    state, sigs = _build_module(prim_funcs, options or LLVMOptions())
+    return str(state.module), sigs, state.notes
+
+
+def _build_module(
+    prim_funcs: Mapping[str, T.PrimFunc], options: LLVMOptions
+) -> tuple[ModuleState, dict[str, KernelSignature]]:
     target = options.target()
     module = ir.Module(name="llm_deploy_kernels")
     state = ModuleState(
@@ -161,17 +188,34 @@ def build_ir(
             raise CodegenError(f"kernel {name}: expected a tir.PrimFunc, found {type(f).__name__}")
         sigs[name] = signature_of(name, f)
         _emit_kernel(state, name, f, sigs[name])
-    return str(module), sigs, state.notes
+    return state, sigs
 
 
-def optimize(text: str, target: HostTarget, opt_level: int = 3) -> tuple[llvm.ModuleRef, llvm.TargetMachine]:
-    """Parse, link the thread pool, verify, and run the O<opt_level> pipeline for `target`."""
+def microkernel_ir(state: ModuleState, target: HostTarget) -> list[str]:
+    """The module of the microkernels `state`'s kernels call (none: no module)."""
+    if not state.microkernels:
+        return []
+    avx2 = "avx2" in target.enabled_features and target.triple.startswith("x86_64")
+    return [microkernels.module_ir(state.microkernels, avx2)]
+
+
+def optimize(
+    text: str, target: HostTarget, opt_level: int = 3, extra: list[str] | None = None
+) -> tuple[llvm.ModuleRef, llvm.TargetMachine]:
+    """Parse, link the thread pool and the `extra` modules (microkernels), verify, and run the
+    O<opt_level> pipeline for `target`."""
     tm = target_machine(target, opt_level)
     # A context of its own: codegen calls in several threads compile in parallel (llvmlite
     # releases the GIL inside LLVM).
     context = llvm.create_context()
     mod = llvm.parse_assembly(text, context)
     mod.link_in(llvm.parse_assembly(pool.pool_ir(target.triple), context))
+    for other in extra or []:
+        linked = llvm.parse_assembly(other, context)
+        defined = [f.name for f in linked.functions if not f.is_declaration]
+        mod.link_in(linked)
+        for name in defined:
+            mod.get_function(name).linkage = "internal"
     # Only the kernels and the pool's control functions stay visible to the loader.
     mod.get_function(pool.PARALLEL_FOR).linkage = "internal"
     mod.triple = target.triple
@@ -187,9 +231,9 @@ def optimize(text: str, target: HostTarget, opt_level: int = 3) -> tuple[llvm.Mo
 def codegen(prim_funcs: Mapping[str, T.PrimFunc], options: LLVMOptions | None = None) -> KernelModule:
     """Compile the kernels for this host and load them; `.object_code` is what an artifact stores."""
     options = options or LLVMOptions()
-    text, sigs, notes = build_ir(prim_funcs, options)
-    target = options.target()
-    mod, tm = optimize(text, target, options.opt_level)
+    state, sigs = _build_module(prim_funcs, options)
+    text, target = str(state.module), options.target()
+    mod, tm = optimize(text, target, options.opt_level, microkernel_ir(state, target))
     km = KernelModule(tm.emit_object(mod), sigs, target, options.num_threads)
-    km.ir, km.optimized_ir, km.notes = text, str(mod), notes
+    km.ir, km.optimized_ir, km.notes = text, str(mod), state.notes
     return km

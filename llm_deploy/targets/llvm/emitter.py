@@ -48,6 +48,8 @@ class ModuleState:
     closures: int = 0
     loop_ids: int = 0
     notes: list[str] = field(default_factory=list)  # loops that could not be vectorized, and why
+    # Kernels whose body is a microkernel: its symbol -> (ggml type, N, K) (microkernels.py).
+    microkernels: dict[str, tuple[str, int, int]] = field(default_factory=dict)
 
     def short_loop_id(self) -> ir.MDValue:
         """Loop metadata: do not vectorize or unroll (a distinct, self-referencing node per loop)."""
