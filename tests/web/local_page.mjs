@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { chromium } from "playwright-core";
 
 const [url, optionsJson] = process.argv.slice(2);
-const { prompts = [], settings = {}, reloads = 0, webgpu = true, timeout = 120000 } = JSON.parse(optionsJson || "{}");
+const { prompts = [], settings = {}, reloads = 0, webgpu = true, api = null, timeout = 120000 } = JSON.parse(optionsJson || "{}");
 const profile = mkdtempSync(join(tmpdir(), "chromium-profile-"));
 const args = [
   "--no-sandbox", "--disable-gpu-sandbox", "--no-first-run", "--disable-background-networking",
@@ -37,10 +37,31 @@ try {
     };
   }
 
+  // In the page: the OpenAI-shaped API of the engine the page created (window.llmEngine), as a
+  // page embedding it would call it: streamed, then not, then sampled with seeds.
+  async function callApi({ messages, max_tokens }) {
+    const engine = window.llmEngine;
+    engine.resetChat();
+    const chunks = [];
+    const stream = await engine.chat.completions.create({ messages, stream: true, temperature: 0, max_tokens });
+    for await (const chunk of stream) chunks.push(chunk);
+    const streamedIds = engine.lastStats.tokenIds;
+    // the same request again: the cache holds its prompt, so only the last prompt token runs
+    const whole = await engine.chat.completions.create({ messages, temperature: 0, max_tokens });
+    const wholeIds = engine.lastStats.tokenIds;
+    const sampled = [];
+    for (const seed of [7, 7, 8]) {
+      await engine.chat.completions.create({ messages, temperature: 1, top_p: 0.9, seed, max_tokens });
+      sampled.push(engine.lastStats.tokenIds);
+    }
+    return { chunks, streamedIds, whole, wholeIds, sampled };
+  }
+
   await page.goto(url);
   loads.push(await loaded());
   const replies = [];
   const errors = [];
+  let apiResult = null;
   if (loads[0].ready) {
     await page.click("#settings summary");
     for (const [id, value] of Object.entries(settings)) await page.fill(`#${id}`, value);
@@ -59,6 +80,7 @@ try {
         decodeTps: Number(data.decodeTps), prefillTps: Number(data.prefillTps),
       });
     }
+    if (api) apiResult = await page.evaluate(callApi, api);
     errors.push(...(await page.locator(".msg.error").allTextContents()));
     for (let i = 0; i < reloads; i++) {
       await page.reload();
@@ -67,7 +89,7 @@ try {
   }
   const model = await page.textContent("#model");
   errors.push(...(await page.locator(".msg.error").allTextContents()));
-  console.log(JSON.stringify({ model, loads, replies, errors, failures, consoleErrors }));
+  console.log(JSON.stringify({ model, loads, replies, api: apiResult, errors, failures, consoleErrors }));
 } finally {
   await context.close();
   rmSync(profile, { recursive: true, force: true });

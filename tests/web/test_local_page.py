@@ -47,7 +47,8 @@ def test_page_answers_like_the_cpu_target_from_static_files_and_its_cache(
 ):
     with WebServer(tiny_webgpu_artifact) as server:
         settings = {"temperature": "0", "max-tokens": "16"}
-        shown = drive(server.url + "/", prompts=PROMPTS, settings=settings, reloads=1)
+        api = {"messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 8}
+        shown = drive(server.url + "/", prompts=PROMPTS, settings=settings, reloads=1, api=api)
         requests = list(server.requests)
 
     assert shown["model"] == "llama-tiny"
@@ -59,6 +60,7 @@ def test_page_answers_like_the_cpu_target_from_static_files_and_its_cache(
         assert reply["tokens"] == stats.token_ids, prompt  # the page's greedy tokens
         assert reply["text"] == text and reply["finish"] == stats.finish_reason
     assert any(len(r["tokens"]) == 16 for r in shown["replies"])  # not an early stop everywhere
+    check_api(shown["api"], cpu_greedy(cpu, PROMPTS[0], 8))
 
     # Only GETs of the page, its modules, its config and the artifact's files: no inference endpoint.
     assert requests and all(method == "GET" and status == 200 for method, _, status in requests), requests
@@ -72,6 +74,28 @@ def test_page_answers_like_the_cpu_target_from_static_files_and_its_cache(
     assert first["downloadedBytes"] > 0 and first["cachedBytes"] == 0
     assert again["downloadedBytes"] == 0 and again["cachedBytes"] == first["downloadedBytes"]
     assert paths.count("/") == 2  # the reload did happen
+
+
+def check_api(api: dict, expected: tuple) -> None:
+    """engine.chat.completions.create, called in the page: OpenAI's chunk and completion shapes,
+    the CPU's greedy reply, and seeded sampling that repeats."""
+    _, stats, text = expected
+    chunks = api["chunks"]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"} and len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    assert chunks[-1]["choices"][0]["finish_reason"] == stats.finish_reason
+    assert chunks[-1]["usage"]["completion_tokens"] == len(stats.token_ids)
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == text
+    assert api["streamedIds"] == stats.token_ids
+    whole = api["whole"]
+    assert whole["object"] == "chat.completion" and whole["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": text,
+    }
+    assert api["wholeIds"] == stats.token_ids  # with the prompt's cache reused
+    first, again, other = api["sampled"]
+    assert first == again and first != other
 
 
 @pytest.mark.slow
