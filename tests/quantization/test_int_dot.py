@@ -31,7 +31,7 @@ from llm_deploy.targets.llvm.host import host
 from tests.quantization.blocks import ggml_rows, gguf_dequantize
 
 TYPES = ("Q4_0", "Q4_1", "Q8_0")
-N, K = 22, 96  # 22 rows of W: groups of 4 and 2 left over; 3 blocks per row
+N, K = 22, 320  # 10 blocks per row: a group of 8 scales as vectors, 2 as scalars
 ROWS = (1, 2, 5)
 
 

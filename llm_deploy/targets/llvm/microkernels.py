@@ -68,188 +68,165 @@ def _splat(ty: str, lanes: int, value: str) -> str:
     return "<" + ", ".join([f"{ty} {value}"] * lanes) + ">"
 
 
-def _load_weights(ggml_type: str, r: int) -> str:
-    """%w.r (<32 x i8>): the codes of W's block at %wp.r in x's element order."""
+def _load_weights(ggml_type: str, b: int) -> str:
+    """%w.b (<32 x i8>): the codes of block b of the row at %wq, in x's element order."""
     if ggml_type == "Q8_0":
-        return f"  %w.{r} = load <32 x i8>, ptr %wp.{r}, align 1\n"
+        return f"  %wp.{b} = getelementptr inbounds i8, ptr %wq, i64 {32 * b}\n  %w.{b} = load <32 x i8>, ptr %wp.{b}, align 1\n"
     # 16 bytes: element l in the low nibble of byte l, element l + 16 in its high nibble.
     order = ", ".join(f"i32 {i}" for i in range(32))
     return (
-        f"  %wb.{r} = load <16 x i8>, ptr %wp.{r}, align 1\n"
-        f"  %lo.{r} = and <16 x i8> %wb.{r}, {_splat('i8', 16, '15')}\n"
-        f"  %hi.{r} = lshr <16 x i8> %wb.{r}, {_splat('i8', 16, '4')}\n"
-        f"  %w.{r} = shufflevector <16 x i8> %lo.{r}, <16 x i8> %hi.{r}, <32 x i32> <{order}>\n"
+        f"  %wp.{b} = getelementptr inbounds i8, ptr %wq, i64 {16 * b}\n"
+        f"  %wb.{b} = load <16 x i8>, ptr %wp.{b}, align 1\n"
+        f"  %lo.{b} = and <16 x i8> %wb.{b}, {_splat('i8', 16, '15')}\n"
+        f"  %hi.{b} = lshr <16 x i8> %wb.{b}, {_splat('i8', 16, '4')}\n"
+        f"  %w.{b} = shufflevector <16 x i8> %lo.{b}, <16 x i8> %hi.{b}, <32 x i32> <{order}>\n"
     )
 
 
-def _block_dot(ggml_type: str, avx2: bool, r: int) -> str:
-    """%p32.r (<8 x i32>): the 32 products of %w.r with x's block %xv, summed in pairs of pairs."""
+def _block_dot(ggml_type: str, avx2: bool, b: int) -> str:
+    """%p32.b (<8 x i32>): the 32 products of %w.b with x's block, summed in pairs of pairs."""
+    load_x = (
+        f"  %xp.{b} = getelementptr inbounds i8, ptr %xrowp, i64 {32 * b}\n"
+        f"  %xv.{b} = load <32 x i8>, ptr %xp.{b}, align 1\n"
+    )
     if avx2:
         if ggml_type == "Q8_0":  # |w| (unsigned) times x with w's sign
             mul = (
-                f"  %ua.{r} = call <32 x i8> @llvm.abs.v32i8(<32 x i8> %w.{r}, i1 false)\n"
-                f"  %sx.{r} = call <32 x i8> @llvm.x86.avx2.psign.b(<32 x i8> %xv, <32 x i8> %w.{r})\n"
-                f"  %p16.{r} = call <16 x i16> @llvm.x86.avx2.pmadd.ub.sw(<32 x i8> %ua.{r}, <32 x i8> %sx.{r})\n"
+                f"  %ua.{b} = call <32 x i8> @llvm.abs.v32i8(<32 x i8> %w.{b}, i1 false)\n"
+                f"  %sx.{b} = call <32 x i8> @llvm.x86.avx2.psign.b(<32 x i8> %xv.{b}, <32 x i8> %w.{b})\n"
+                f"  %p16.{b} = call <16 x i16> @llvm.x86.avx2.pmadd.ub.sw(<32 x i8> %ua.{b}, <32 x i8> %sx.{b})\n"
             )
         else:
-            mul = (
-                f"  %p16.{r} = call <16 x i16> @llvm.x86.avx2.pmadd.ub.sw(<32 x i8> %w.{r}, <32 x i8> %xv)\n"
-            )
+            mul = f"  %p16.{b} = call <16 x i16> @llvm.x86.avx2.pmadd.ub.sw(<32 x i8> %w.{b}, <32 x i8> %xv.{b})\n"
         ones = _splat("i16", 16, "1")
         return (
-            mul
-            + f"  %p32.{r} = call <8 x i32> @llvm.x86.avx2.pmadd.wd(<16 x i16> %p16.{r}, <16 x i16> {ones})\n"
+            load_x
+            + mul
+            + f"  %p32.{b} = call <8 x i32> @llvm.x86.avx2.pmadd.wd(<16 x i16> %p16.{b}, <16 x i16> {ones})\n"
         )
     ext = "sext" if ggml_type == "Q8_0" else "zext"
     lines = [
-        f"  %ww.{r} = {ext} <32 x i8> %w.{r} to <32 x i32>",
-        f"  %pr.{r} = mul <32 x i32> %ww.{r}, %xw",
+        f"  %ww.{b} = {ext} <32 x i8> %w.{b} to <32 x i32>",
+        f"  %xw.{b} = sext <32 x i8> %xv.{b} to <32 x i32>",
+        f"  %pr.{b} = mul <32 x i32> %ww.{b}, %xw.{b}",
     ]
     for q in range(4):
         idx = ", ".join(f"i32 {8 * q + i}" for i in range(8))
-        lines.append(f"  %pq{q}.{r} = shufflevector <32 x i32> %pr.{r}, <32 x i32> poison, <8 x i32> <{idx}>")
+        lines.append(f"  %pq{q}.{b} = shufflevector <32 x i32> %pr.{b}, <32 x i32> poison, <8 x i32> <{idx}>")
     lines += [
-        f"  %pa.{r} = add <8 x i32> %pq0.{r}, %pq1.{r}",
-        f"  %pb.{r} = add <8 x i32> %pq2.{r}, %pq3.{r}",
-        f"  %p32.{r} = add <8 x i32> %pa.{r}, %pb.{r}",
+        f"  %pa.{b} = add <8 x i32> %pq0.{b}, %pq1.{b}",
+        f"  %pb.{b} = add <8 x i32> %pq2.{b}, %pq3.{b}",
+        f"  %p32.{b} = add <8 x i32> %pa.{b}, %pb.{b}",
     ]
+    return load_x + "\n".join(lines) + "\n"
+
+
+ACCUMULATORS = 4  # independent chains of fused multiply-adds across a row's blocks
+
+
+def _scales(ggml_type: str, nb: int) -> str:
+    """Per group g of 8 blocks: %sc.g = dw * dx (8 lanes), and the offset terms summed into the
+    vector %off.g (Q4_1: m * s, Q4_0: -8 * dw * s). Blocks past the last full group: scalars
+    %sc.b and %offs.b."""
+    lines = []
+    groups = nb // 8
+    prev = _splat("float", 8, "0.0")
+    for g in range(groups):
+        lines += [
+            f"  %dvp.{g} = getelementptr inbounds half, ptr %drow, i64 {8 * g}",
+            f"  %dvh.{g} = load <8 x half>, ptr %dvp.{g}, align 2",
+            f"  %dv.{g} = fpext <8 x half> %dvh.{g} to <8 x float>",
+            f"  %xdvp.{g} = getelementptr inbounds float, ptr %xdrow, i64 {8 * g}",
+            f"  %xdv.{g} = load <8 x float>, ptr %xdvp.{g}, align 4",
+            f"  %sc.{g} = fmul <8 x float> %dv.{g}, %xdv.{g}",
+        ]
+        if ggml_type != "Q8_0":
+            lines += [
+                f"  %xsvp.{g} = getelementptr inbounds float, ptr %xsrow, i64 {8 * g}",
+                f"  %xsv.{g} = load <8 x float>, ptr %xsvp.{g}, align 4",
+            ]
+            if ggml_type == "Q4_1":
+                lines += [
+                    f"  %mvp.{g} = getelementptr inbounds half, ptr %mrow, i64 {8 * g}",
+                    f"  %mvh.{g} = load <8 x half>, ptr %mvp.{g}, align 2",
+                    f"  %mv.{g} = fpext <8 x half> %mvh.{g} to <8 x float>",
+                ]
+            else:
+                lines.append(f"  %mv.{g} = fmul <8 x float> %dv.{g}, {_splat('float', 8, '-8.0')}")
+            lines.append(
+                f"  %off.{g} = call <8 x float> @llvm.fma.v8f32(<8 x float> %mv.{g}, <8 x float> %xsv.{g}, <8 x float> {prev})"
+            )
+            prev = f"%off.{g}"
+    lines.append(f"  %offv = fadd <8 x float> {prev}, {_splat('float', 8, '0.0')}")
+    prev_s = "0.0"
+    for b in range(8 * groups, nb):
+        lines += [
+            f"  %dsp.{b} = getelementptr inbounds half, ptr %drow, i64 {b}",
+            f"  %dsh.{b} = load half, ptr %dsp.{b}, align 2",
+            f"  %ds.{b} = fpext half %dsh.{b} to float",
+            f"  %xdsp.{b} = getelementptr inbounds float, ptr %xdrow, i64 {b}",
+            f"  %xds.{b} = load float, ptr %xdsp.{b}, align 4",
+            f"  %scs.{b} = fmul float %ds.{b}, %xds.{b}",
+        ]
+        if ggml_type != "Q8_0":
+            lines += [
+                f"  %xssp.{b} = getelementptr inbounds float, ptr %xsrow, i64 {b}",
+                f"  %xss.{b} = load float, ptr %xssp.{b}, align 4",
+            ]
+            if ggml_type == "Q4_1":
+                lines += [
+                    f"  %msp.{b} = getelementptr inbounds half, ptr %mrow, i64 {b}",
+                    f"  %msh.{b} = load half, ptr %msp.{b}, align 2",
+                    f"  %ms.{b} = fpext half %msh.{b} to float",
+                ]
+            else:
+                lines.append(f"  %ms.{b} = fmul float %ds.{b}, -8.0")
+            lines.append(
+                f"  %offs.{b} = call float @llvm.fma.f32(float %ms.{b}, float %xss.{b}, float {prev_s})"
+            )
+            prev_s = f"%offs.{b}"
+    lines.append(f"  %offsum = fadd float {prev_s}, 0.0")
     return "\n".join(lines) + "\n"
 
 
-def _offset_term(ggml_type: str, r: int) -> str:
-    """%accm.next.r: the scalar accumulator of the blocks' offset terms (Q4_1: m, Q4_0: -8d)."""
-    if ggml_type == "Q4_1":
-        return (
-            f"  %mp.{r} = getelementptr inbounds half, ptr %m, i64 %wblk.{r}\n"
-            f"  %mh.{r} = load half, ptr %mp.{r}, align 2\n"
-            f"  %mw.{r} = fpext half %mh.{r} to float\n"
-            f"  %accm.next.{r} = call float @llvm.fma.f32(float %mw.{r}, float %xsv, float %accm.{r})\n"
-        )
-    if ggml_type == "Q4_0":
-        return (
-            f"  %m8.{r} = fmul float %dw.{r}, 0xC020000000000000\n"  # -8 * dw
-            f"  %accm.next.{r} = call float @llvm.fma.f32(float %m8.{r}, float %xsv, float %accm.{r})\n"
-        )
-    return f"  %accm.next.{r} = fadd float %accm.{r}, 0.0\n"
-
-
-def _rows_loop(
-    ggml_type: str, avx2: bool, n: int, nb: int, rows_per: int, p: str, j0: str, j1: str, done: str
-) -> str:
-    """Blocks labelled `p.*`: outputs j in [j0, j1) (a multiple of rows_per long), rows_per rows
-    of W at a time against every row of x, then a branch to `done`. Entered at `p.check`."""
-    wbytes = 32 if ggml_type == "Q8_0" else 16
-    rr = range(rows_per)
-    zero8 = _splat("float", 8, "0.0")
-    out = [
-        f"{p}.check:",
-        f"  %{p}.go = icmp ult i64 {j0}, {j1}",
-        f"  br i1 %{p}.go, label %{p}.j, label %{done}",
-        f"{p}.j:",
-        f"  %{p}.jj = phi i64 [ {j0}, %{p}.check ], [ %{p}.jj.next, %{p}.ilatch ]",
-        f"  br label %{p}.i",
-        f"{p}.i:",
-        f"  %{p}.ii = phi i64 [ 0, %{p}.j ], [ %{p}.ii.next, %{p}.bdone ]",
-        f"  %{p}.xrow = mul i64 %{p}.ii, {nb}",
-        f"  br label %{p}.b",
-        f"{p}.b:",
-        f"  %{p}.bb = phi i64 [ 0, %{p}.i ], [ %{p}.bb.next, %{p}.b ]",
-    ]
-    body = []
-    for r in rr:
-        out += [
-            f"  %acc.{r} = phi <8 x float> [ {zero8}, %{p}.i ], [ %acc.next.{r}, %{p}.b ]",
-            f"  %accm.{r} = phi float [ 0.0, %{p}.i ], [ %accm.next.{r}, %{p}.b ]",
-        ]
-        body += [
-            f"  %jr.{r} = add i64 %{p}.jj, {r}",
-            f"  %wrow.{r} = mul i64 %jr.{r}, {nb}",
-            f"  %wblk.{r} = add i64 %wrow.{r}, %{p}.bb",
-            f"  %woff.{r} = mul i64 %wblk.{r}, {wbytes}",
-            f"  %wp.{r} = getelementptr inbounds i8, ptr %qs, i64 %woff.{r}",
-        ]
-    body += [
-        f"  %xblk = add i64 %{p}.xrow, %{p}.bb",
-        "  %xoff = mul i64 %xblk, 32",
-        "  %xp = getelementptr inbounds i8, ptr %xq, i64 %xoff",
-        "  %xv = load <32 x i8>, ptr %xp, align 1",
-        "  %xdp = getelementptr inbounds float, ptr %xd, i64 %xblk",
-        "  %dxv = load float, ptr %xdp, align 4",
-        "  %xsp = getelementptr inbounds float, ptr %xs, i64 %xblk",
-        "  %xsv = load float, ptr %xsp, align 4",
-    ]
-    if not avx2:
-        body.append("  %xw = sext <32 x i8> %xv to <32 x i32>")
-    text = "\n".join(out + body) + "\n"
-    for r in rr:
-        text += _load_weights(ggml_type, r) + _block_dot(ggml_type, avx2, r)
-        text += (
-            f"  %pf.{r} = sitofp <8 x i32> %p32.{r} to <8 x float>\n"
-            f"  %dp.{r} = getelementptr inbounds half, ptr %d, i64 %wblk.{r}\n"
-            f"  %dh.{r} = load half, ptr %dp.{r}, align 2\n"
-            f"  %dw.{r} = fpext half %dh.{r} to float\n"
-            f"  %sc.{r} = fmul float %dw.{r}, %dxv\n"
-            f"  %scv0.{r} = insertelement <8 x float> poison, float %sc.{r}, i64 0\n"
-            f"  %scv.{r} = shufflevector <8 x float> %scv0.{r}, <8 x float> poison, <8 x i32> zeroinitializer\n"
-            f"  %acc.next.{r} = call <8 x float> @llvm.fma.v8f32(<8 x float> %pf.{r}, <8 x float> %scv.{r}, <8 x float> %acc.{r})\n"
-        )
-        text += _offset_term(ggml_type, r)
-    tail = [
-        f"  %{p}.bb.next = add nuw i64 %{p}.bb, 1",
-        f"  %{p}.bmore = icmp ult i64 %{p}.bb.next, {nb}",
-        f"  br i1 %{p}.bmore, label %{p}.b, label %{p}.bdone",
-        f"{p}.bdone:",
-        f"  %{p}.orow = mul i64 %{p}.ii, {n}",
-    ]
-    for r in rr:
-        tail += [
-            f"  %vsum.{r} = call float @llvm.vector.reduce.fadd.v8f32(float 0.0, <8 x float> %acc.next.{r})",
-            f"  %dot.{r} = fadd float %vsum.{r}, %accm.next.{r}",
-            f"  %oidx.{r} = add i64 %{p}.orow, %jr.{r}",
-            f"  %op.{r} = getelementptr inbounds float, ptr %Out, i64 %oidx.{r}",
-            f"  store float %dot.{r}, ptr %op.{r}, align 4",
-        ]
-    tail += [
-        f"  %{p}.ii.next = add nuw i64 %{p}.ii, 1",
-        f"  %{p}.imore = icmp ult i64 %{p}.ii.next, %rows",
-        f"  br i1 %{p}.imore, label %{p}.i, label %{p}.ilatch",
-        f"{p}.ilatch:",
-        f"  %{p}.jj.next = add nuw i64 %{p}.jj, {rows_per}",
-        f"  %{p}.jmore = icmp ult i64 %{p}.jj.next, {j1}",
-        f"  br i1 %{p}.jmore, label %{p}.j, label %{done}",
-    ]
-    # Names inside the block loop repeat between the two loops: prefix them.
-    text += "\n".join(tail) + "\n"
-    return _prefix_locals(text, p)
-
-
-def _prefix_locals(text: str, p: str) -> str:
-    """Rename the loop-body values (%name -> %p.name) so that two loops can share a function."""
-    import re
-
-    keep = {"qs", "d", "m", "xq", "xd", "xs", "Out", "rows", "j0", "j1", "jt", "exit"}
-
-    def rename(match: re.Match) -> str:
-        name = match.group(1)
-        if name in keep or name.split(".")[0] in ("main", "tail"):  # shared values, labels
-            return match.group(0)
-        return f"%{p}.{name}"
-
-    return re.sub(r"%([A-Za-z_][\w.]*)", rename, text)
-
-
-ROWS_PER_GROUP = int(__import__("os").environ.get("RPG", 4))  # rows of W per pass over an x block
+def _row_dot(ggml_type: str, avx2: bool, nb: int) -> str:
+    """%dot: row %j of W against row %i of x, every block unrolled (nb is a constant)."""
+    text = _scales(ggml_type, nb)
+    acc = [_splat("float", 8, "0.0")] * ACCUMULATORS
+    for b in range(nb):
+        text += _load_weights(ggml_type, b) + _block_dot(ggml_type, avx2, b)
+        text += f"  %pf.{b} = sitofp <8 x i32> %p32.{b} to <8 x float>\n"
+        if b < 8 * (nb // 8):  # the group's scale vector, lane b % 8 in every lane
+            lane = ", ".join([f"i32 {b % 8}"] * 8)
+            text += (
+                f"  %s.{b} = shufflevector <8 x float> %sc.{b // 8}, <8 x float> poison, <8 x i32> <{lane}>\n"
+            )
+        else:
+            text += (
+                f"  %s0.{b} = insertelement <8 x float> poison, float %scs.{b}, i64 0\n"
+                f"  %s.{b} = shufflevector <8 x float> %s0.{b}, <8 x float> poison, <8 x i32> zeroinitializer\n"
+            )
+        a = b % ACCUMULATORS
+        text += f"  %acc.{b} = call <8 x float> @llvm.fma.v8f32(<8 x float> %pf.{b}, <8 x float> %s.{b}, <8 x float> {acc[a]})\n"
+        acc[a] = f"%acc.{b}"
+    text += (
+        f"  %acc01 = fadd <8 x float> {acc[0]}, {acc[1]}\n"
+        f"  %acc23 = fadd <8 x float> {acc[2]}, {acc[3]}\n"
+        "  %accv = fadd <8 x float> %acc01, %acc23\n"
+        "  %accall = fadd <8 x float> %accv, %offv\n"
+        "  %vsum = call float @llvm.vector.reduce.fadd.v8f32(float 0.0, <8 x float> %accall)\n"
+        "  %dot = fadd float %vsum, %offsum\n"
+    )
+    return text
 
 
 def _kernel_ir(name: str, ggml_type: str, n: int, k: int, avx2: bool) -> str:
     nb = k // BLOCK
+    wbytes = 32 if ggml_type == "Q8_0" else 16  # bytes of codes per block
     has_m = ggml_type == "Q4_1"
     mparam = "ptr noalias %m, " if has_m else ""
     env_t = "{ ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64 }"  # xq, xd, xs, d, m, qs, Out, rows
-    rg = ROWS_PER_GROUP
-    groups = n // rg
-    main = _rows_loop(ggml_type, avx2, n, nb, rg, "main", "%j0", "%j1", "tail.check")
-    rest = _rows_loop(ggml_type, avx2, n, nb, 1, "tail", "%jt", str(n), "exit")
+    mrow = "  %mrow = getelementptr inbounds half, ptr %m, i64 %wblk\n" if has_m else ""
 
     return f"""
 define void @{name}(ptr noalias %X, ptr noalias %d, {mparam}ptr noalias %qs, ptr noalias %Out, i64 %rows) {{
@@ -305,27 +282,50 @@ qloop:
 qdone:
   %env = alloca {env_t}, align 8
 {_store_env(env_t, has_m)}
-  call void @{pool.PARALLEL_FOR}(ptr @{name}.task, ptr %env, i64 {max(groups, 1)})
+  call void @{pool.PARALLEL_FOR}(ptr @{name}.task, ptr %env, i64 {n})
   call void @free(ptr %xq)
   ret void
 }}
 
-; Task t of n: groups [t*G/n, (t+1)*G/n) of {rg} rows of W; the last task also the {n % rg} left over.
+; Task t of n: rows [t*N/n, (t+1)*N/n) of W, each against every row of x.
 define internal void @{name}.task(i64 %task, i64 %ntasks, ptr %env) {{
 entry:
 {_load_env(env_t, has_m)}
-  %g0 = mul i64 %task, {groups}
-  %g0n = udiv i64 %g0, %ntasks
-  %j0 = mul i64 %g0n, {rg}
+  %t0 = mul i64 %task, {n}
+  %j0 = udiv i64 %t0, %ntasks
   %task1 = add i64 %task, 1
-  %g1 = mul i64 %task1, {groups}
-  %g1n = udiv i64 %g1, %ntasks
-  %j1 = mul i64 %g1n, {rg}
-  %last = icmp eq i64 %task1, %ntasks
-  %jt = select i1 %last, i64 {groups * rg}, i64 {n}
+  %t1 = mul i64 %task1, {n}
+  %j1 = udiv i64 %t1, %ntasks
   %rows.any = icmp sgt i64 %rows, 0
-  br i1 %rows.any, label %main.check, label %exit
-{main}{rest}exit:
+  %range = icmp ult i64 %j0, %j1
+  %go = and i1 %rows.any, %range
+  br i1 %go, label %jloop, label %exit
+jloop:
+  %j = phi i64 [ %j0, %entry ], [ %j.next, %ilatch ]
+  %wblk = mul i64 %j, {nb}
+  %woff = mul i64 %wblk, {wbytes}
+  %wq = getelementptr inbounds i8, ptr %qs, i64 %woff
+  %drow = getelementptr inbounds half, ptr %d, i64 %wblk
+{mrow}  br label %iloop
+iloop:
+  %i = phi i64 [ 0, %jloop ], [ %i.next, %iloop ]
+  %xblk = mul i64 %i, {nb}
+  %xoff = mul i64 %xblk, 32
+  %xrowp = getelementptr inbounds i8, ptr %xq, i64 %xoff
+  %xdrow = getelementptr inbounds float, ptr %xd, i64 %xblk
+  %xsrow = getelementptr inbounds float, ptr %xs, i64 %xblk
+{_row_dot(ggml_type, avx2, nb)}  %orow = mul i64 %i, {n}
+  %oidx = add i64 %orow, %j
+  %op = getelementptr inbounds float, ptr %Out, i64 %oidx
+  store float %dot, ptr %op, align 4
+  %i.next = add nuw i64 %i, 1
+  %imore = icmp ult i64 %i.next, %rows
+  br i1 %imore, label %iloop, label %ilatch
+ilatch:
+  %j.next = add nuw i64 %j, 1
+  %jmore = icmp ult i64 %j.next, %j1
+  br i1 %jmore, label %jloop, label %exit
+exit:
   ret void
 }}
 """
