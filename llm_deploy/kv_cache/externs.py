@@ -70,14 +70,15 @@ def kv_attention(
 
 # What `kv_cache.step_arrays` returns, in order (the compiler's pass reads the same tuple):
 # positions (n,) int32, append_slots (n,) int64, token_seq (n,) int32, page_indptr (b+1,) int32,
-# page_indices (total,) int32. See ForwardStep.
+# page_indices (>= total,) int32: padded (ForwardStep.padded_page_indices). See ForwardStep.
 STEP_ARRAYS = ("positions", "append_slots", "token_seq", "page_indptr", "page_indices")
+_STEP_FIELDS = (*STEP_ARRAYS[:-1], "padded_page_indices")
 
 
 def kv_step_arrays(cache: PagedKVCache) -> tuple[np.ndarray, ...]:
     """The current step's arrays named in STEP_ARRAYS (the cache's own, not copies)."""
     step = cache.step
-    return tuple(getattr(step, name) for name in STEP_ARRAYS)
+    return tuple(getattr(step, name) for name in _STEP_FIELDS)
 
 
 def kv_layer_pools(cache: PagedKVCache, layer: int) -> tuple[np.ndarray, np.ndarray]:

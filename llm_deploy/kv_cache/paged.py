@@ -13,6 +13,8 @@ model fails, `cancel_forward` drops the step and its new pages; the cached token
 
 from __future__ import annotations
 
+import math
+import mmap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -33,6 +35,16 @@ class _Sequence:
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def lazy_zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Zeros in a private anonymous mapping: the OS provides each page on first touch, so pages
+    no sequence reaches take no memory (malloc's calloc may hand out touched, re-zeroed memory)."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes == 0:
+        return np.zeros(shape, dtype)
+    buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return np.frombuffer(buffer, dtype).reshape(shape)
 
 
 def _dtype(dtype: str | np.dtype | type) -> np.dtype:
@@ -89,8 +101,8 @@ class PagedKVCache:
         if num_pages < 1:
             raise ValueError(f"PagedKVCache: num_pages must be >= 1, got {num_pages}")
         shape = (num_pages, page_size, num_kv_heads, head_dim)
-        self.k_pools = [np.zeros(shape, self.dtype) for _ in range(num_layers)]
-        self.v_pools = [np.zeros(shape, self.dtype) for _ in range(num_layers)]
+        self.k_pools = [lazy_zeros(shape, self.dtype) for _ in range(num_layers)]
+        self.v_pools = [lazy_zeros(shape, self.dtype) for _ in range(num_layers)]
         self._alloc = PageAllocator(num_pages)
         self._seqs: dict[int, _Sequence] = {}
         self._step: ForwardStep | None = None

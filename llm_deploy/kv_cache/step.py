@@ -8,9 +8,12 @@ tokens of many sequences at once.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
+
+MIN_PADDED_PAGES = 16
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,6 +50,18 @@ class ForwardStep:
     seq_lens: np.ndarray
     last_token_indices: np.ndarray
     token_seq: np.ndarray
+
+    @functools.cached_property
+    def padded_page_indices(self) -> np.ndarray:
+        """page_indices followed by zeros up to a power of two (at least MIN_PADDED_PAGES) entries.
+
+        Kernels read page_indices only through page_indptr, so the padding is never read; what it
+        buys is a length that changes rarely (not every page_size tokens), so that runtimes
+        keyed by shapes (the VM's plans, a GPU's recorded dispatches) rebuild rarely."""
+        total = len(self.page_indices)
+        out = np.zeros(max(MIN_PADDED_PAGES, 1 << (total - 1).bit_length()), dtype=np.int32)
+        out[:total] = self.page_indices
+        return out
 
     @property
     def num_tokens(self) -> int:

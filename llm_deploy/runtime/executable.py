@@ -54,10 +54,14 @@ class Executable:
         self.metadata = dict(metadata or {})
 
     def vm(
-        self, externs: Mapping[str, Callable[..., Any]] | None = None, device: Device | None = None
+        self,
+        externs: Mapping[str, Callable[..., Any]] | None = None,
+        device: Device | None = None,
+        fast_step: bool | None = None,
     ) -> VirtualMachine:
+        """A VM over this program (`fast_step`: see runtime/vm.py; None: LLMD_FAST_STEP decides)."""
         table = default_externs() if externs is None else dict(externs)
-        return VirtualMachine(self.program, self.kernels, table, self.constants, device)
+        return VirtualMachine(self.program, self.kernels, table, self.constants, device, fast_step)
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)

@@ -15,11 +15,25 @@ import numpy as np
 
 from llm_deploy.kv_cache import PagedKVCache
 from llm_deploy.runtime.artifact import Artifact
-from llm_deploy.runtime.vm import Device
+from llm_deploy.runtime.vm import Device, VirtualMachine
 
 
 class ModelRunner:
-    def __init__(self, artifact: Artifact, num_pages: int | None = None):
+    """The model's functions over one KV pool.
+
+    The pool holds `num_pages` pages, or enough for `max_tokens` tokens (one sequence of that
+    length), or by default one full context window of the build. Its pages are zeroed lazily by
+    the OS (untouched pages take no memory), so a large default costs address space, not RSS;
+    callers that know their need (a benchmark, an engine's batch) size it to that.
+    """
+
+    def __init__(
+        self,
+        artifact: Artifact,
+        num_pages: int | None = None,
+        max_tokens: int | None = None,
+        vm: VirtualMachine | None = None,
+    ):
         self.artifact = artifact
         cfg, opts = artifact.config, artifact.build_options
         self.vocab_size = cfg["vocab_size"]
@@ -27,8 +41,15 @@ class ModelRunner:
         self.prefill_chunk = opts["prefill_chunk"]
         self.stop_token_ids = tuple(artifact.chat_config.get("stop_token_ids", ()))
         page_size = opts["kv_page_size"]
-        # Enough pages for one full context by default; the engine sizes it for its batch.
-        pages = num_pages or -(-self.context_window // page_size) + 1
+        if num_pages is not None and max_tokens is not None:
+            raise ValueError("ModelRunner: give num_pages or max_tokens, not both")
+        if max_tokens is not None and not 1 <= max_tokens <= self.context_window:
+            raise ValueError(
+                f"ModelRunner: max_tokens must be in 1..{self.context_window} (the context window), "
+                f"got {max_tokens}"
+            )
+        # +1: a fork's copy-on-write of a shared last page needs one spare page.
+        pages = num_pages or -(-(max_tokens or self.context_window) // page_size) + 1
         # Where the kernels run: the CPU, or the device a GPU target's kernels were loaded on,
         # which keeps the weights and the KV pools (and may need its own kind of cache).
         self.device = getattr(artifact.executable.kernels, "device", None) or Device()
@@ -36,7 +57,8 @@ class ModelRunner:
             cfg["num_hidden_layers"], cfg["num_key_value_heads"], cfg["head_dim"],
             page_size=page_size, num_pages=pages, dtype=opts["kv_dtype"],
         )  # fmt: skip
-        self.vm = artifact.executable.vm(device=self.device)
+        # `vm`: another VM over the artifact's program (tests and benchmarks swap kernels).
+        self.vm = vm or artifact.executable.vm(device=self.device, fast_step=artifact.fast_step)
         self._prefill, self._decode, self._score = self.vm["prefill"], self.vm["decode"], self.vm["score"]
         self.params = [self.device.from_host(p, persistent=True) for p in artifact.params]  # once
 

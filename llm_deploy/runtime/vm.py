@@ -4,10 +4,25 @@ A program is JSON: per function, its parameter names and infos and a list of ins
 over named registers. Kernels (compiled tensor programs) and externs (library functions) are
 called by name in destination-passing style; the VM allocates their outputs. Symbolic shape
 values live in an environment that parameter checks and match_casts fill.
+
+The low-overhead step (`fast_step`, on by default; `fast_step=False` or the environment variable
+LLMD_FAST_STEP=0 turns it off, e.g. to measure what it saves):
+- parameters of fully static shape (the weights) are checked once, then only compared by
+  identity with the objects checked last;
+- planned tensors are cached views (the same storage, offset, shape and dtype give the same array
+  object), so nothing is recomputed per call;
+- where every kernel has a native packed entry (the LLVM target), a function runs as a plan
+  (runtime/plan.py): its launches checked once per shape key, replayed by one native loop.
+GPU targets keep their own dispatch path (their devices record a submission per step); they get
+the first point.
 """
 
 from __future__ import annotations
 
+import math
+import mmap
+import operator
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,14 +54,16 @@ class Device:
         return np.empty(shape, dtype=dtype)
 
     def alloc_storage(self, nbytes: int) -> Any:
-        """A block of `nbytes` bytes (64-byte aligned) that planned tensors are views of."""
-        raw = np.empty(nbytes + 64, dtype=np.uint8)
-        start = -raw.ctypes.data % 64
-        return raw[start : start + nbytes]
+        """A block of `nbytes` bytes (page aligned) that planned tensors are views of.
+
+        A private anonymous mapping: blocks are sized for the largest shapes the build allows, and
+        only the pages a call's shapes reach ever take memory."""
+        raw = mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        return np.frombuffer(raw, dtype=np.uint8)[:nbytes]
 
     def view(self, storage: Any, offset: int, shape: tuple[int, ...], dtype: str) -> Any:
         """A tensor of `shape` and `dtype` at byte `offset` of `storage`: no copy, no allocation."""
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
         if offset + nbytes > storage.nbytes:
             raise VMError(
                 f"a {dtype} tensor of shape {shape} does not fit its planned storage of {storage.nbytes} "
@@ -136,6 +153,23 @@ def _dims_matcher(dims: Sequence[str | int], what: str, shape_of, noun: str) -> 
     return match
 
 
+def fast_step_default() -> bool:
+    """The low-overhead step is on unless LLMD_FAST_STEP=0 (see the module docstring)."""
+    return os.environ.get("LLMD_FAST_STEP", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _static_params(func: Mapping[str, Any]) -> tuple[int, ...]:
+    """Parameters whose check depends on nothing but the object: tensors of fully known shape."""
+    return tuple(
+        i
+        for i, info in enumerate(func["param_infos"])
+        if info["kind"] == "tensor"
+        and info.get("dtype") is not None
+        and info.get("shape") is not None
+        and all(isinstance(d, int) for d in info["shape"])
+    )
+
+
 class VirtualMachine:
     """Runs the functions of a program on a device with the given kernels and externs."""
 
@@ -146,8 +180,10 @@ class VirtualMachine:
         externs: Mapping[str, Callable[..., Any]] | None = None,
         constants: Mapping[str, Any] | None = None,
         device: Device | None = None,
+        fast_step: bool | None = None,
     ):
         self.program = program
+        self.fast_step = fast_step_default() if fast_step is None else bool(fast_step)
         self.kernels = kernels
         self.device = device or Device()
         self.externs = {k: self.device.adapt_extern(k, fn) for k, fn in (externs or {}).items()}
@@ -155,6 +191,11 @@ class VirtualMachine:
         # allocs / alloc_bytes count what the device allocated, planned storage blocks included.
         self.stats = {"kernel_calls": 0, "allocs": 0, "alloc_bytes": 0}
         self._storage: dict[str, Any] = {}  # planned blocks, allocated at first use, then reused
+        # Views of planned blocks, kept (CPU only: a GPU device's view may take a pooled buffer).
+        self._views: dict[tuple, Any] | None = (
+            {} if self.fast_step and type(self.device).view is Device.view else None
+        )
+        self.plan_status: dict[str, str] = {}  # function -> "planned" or why it is not
         self._functions = {name: self._compile_function(name, f) for name, f in program["functions"].items()}
 
     def __getitem__(self, name: str) -> Callable[..., Any]:
@@ -168,12 +209,58 @@ class VirtualMachine:
     def run(self, name: str, *args: Any) -> Any:
         return self[name](*args)
 
+    # -- what instructions and plans share
+    def storage_block(self, key: str, nbytes: int) -> Any:
+        """The planned block `key`: allocated at first use, then the same block at every call."""
+        block = self._storage.get(key)
+        if block is None:
+            block = self._storage[key] = self.device.alloc_storage(nbytes)
+            self.stats["allocs"] += 1
+            self.stats["alloc_bytes"] += nbytes
+        return block
+
+    def view(self, storage: Any, offset: int, shape: tuple[int, ...], dtype: str) -> Any:
+        if self._views is None:
+            return self.device.view(storage, offset, shape, dtype)
+        key = (id(storage), offset, shape, dtype)  # planned blocks live as long as the VM
+        v = self._views.get(key)
+        if v is None:
+            v = self._views[key] = self.device.view(storage, offset, shape, dtype)
+        return v
+
+    def extern(self, name: str, fname: str) -> Callable[..., Any]:
+        try:
+            return self.externs[name]
+        except KeyError:
+            raise VMError(f"{fname}: extern function {name!r} is not registered") from None
+
     # -- compilation of instructions into closures
     def _compile_function(self, name: str, func: Mapping[str, Any]) -> Callable[..., Any]:
+        slow = self._compile_instructions(name, func)
+        if not self.fast_step:
+            self.plan_status[name] = "off"
+            return slow
+        from llm_deploy.runtime.plan import NotPlannable, PlannedFunction
+
+        try:
+            planned = PlannedFunction(self, name, func, slow)
+        except NotPlannable as e:
+            self.plan_status[name] = str(e)
+            return slow
+        self.plan_status[name] = "planned"
+        return planned
+
+    def _compile_instructions(self, name: str, func: Mapping[str, Any]) -> Callable[..., Any]:
         params: list[str] = func["params"]
         checks = [_matcher(info, f"{name}: parameter {p}") for p, info in zip(params, func["param_infos"])]
         body = self._compile_block(func["instrs"], name)
         ret = func["ret"]
+        # Under the fast step, parameters of static shape are checked only when they are other
+        # objects than the ones checked last (their checks bind no symbolic variable).
+        static = set(_static_params(func)) if self.fast_step else set()
+        dynamic = [(i, c) for i, c in enumerate(checks) if i not in static]
+        static_checks = [(i, c) for i, c in enumerate(checks) if i in static]
+        bound: list[Any] = []
 
         def call(*args: Any) -> Any:
             if len(args) != len(params):
@@ -182,8 +269,14 @@ class VirtualMachine:
                 )
             regs: Regs = dict(zip(params, args))
             env: Env = {}
-            for check, a in zip(checks, args):
-                check(a, env)
+            if static_checks:
+                statics = [args[i] for i, _ in static_checks]
+                if len(bound) != len(statics) or not all(map(operator.is_, statics, bound)):
+                    for (_, check), a in zip(static_checks, statics):
+                        check(a, env)
+                    bound[:] = statics
+            for i, check in dynamic:
+                check(args[i], env)
             for step in body:
                 step(regs, env)
             return regs[ret]
@@ -227,22 +320,17 @@ class VirtualMachine:
     def _op_alloc_storage(self, ins, fname) -> Step:
         """A planned block, sized for the largest shapes the build allows: allocated once."""
         dst, nbytes, key = ins["dst"], int(ins["bytes"]), ins["key"]
-        blocks, stats, device = self._storage, self.stats, self.device
+        block = self.storage_block
 
         def step(regs: Regs, env: Env) -> None:
-            block = blocks.get(key)
-            if block is None:
-                block = blocks[key] = device.alloc_storage(nbytes)
-                stats["allocs"] += 1
-                stats["alloc_bytes"] += nbytes
-            regs[dst] = block
+            regs[dst] = block(key, nbytes)
 
         return step
 
     def _op_alloc_tensor(self, ins, fname) -> Step:
         dst, storage, offset, dtype = ins["dst"], ins["storage"], int(ins["offset"]), ins["dtype"]
         dims = [compile_expr(d) for d in ins["shape"]]
-        view = self.device.view
+        view = self.view
 
         def step(regs: Regs, env: Env) -> None:
             regs[dst] = view(regs[storage], offset, tuple(d(env) for d in dims), dtype)

@@ -47,6 +47,24 @@ def test_step_arrays():
         _ = c.positions
 
 
+def test_step_arrays_extern_pads_page_indices_to_a_power_of_two():
+    from llm_deploy.kv_cache import KV_EXTERNS
+
+    c = cache(num_pages=64, page_size=4)
+    c.add_sequence(0)
+    lengths = []
+    for n in (3, 60, 70, 120):
+        step = c.begin_forward([0], [n])
+        *_, indptr, padded = KV_EXTERNS["kv_cache.step_arrays"](c)
+        total = len(step.page_indices)
+        assert len(padded) == max(16, 1 << (total - 1).bit_length()) and padded.dtype == np.int32
+        np.testing.assert_array_equal(padded[:total], step.page_indices)  # the rest is never read
+        np.testing.assert_array_equal(indptr, step.page_indptr)
+        lengths.append(len(padded))
+        c.end_forward()
+    assert lengths == [16, 16, 64, 64]  # 1, 16, 34, 64 pages
+
+
 def test_fork_shares_pages_and_copies_the_partial_page_once():
     c = cache(page_size=16)
     c.add_sequence(0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import operator
 import os
 import weakref
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ from llm_deploy.runtime.symbolic import compile_expr
 from llm_deploy.targets.llvm import threadpool as pool
 from llm_deploy.targets.llvm.abi import PY_DATA_OFFSET, KernelSignature
 from llm_deploy.targets.llvm.host import HostTarget, check_host_compatible, host, target_machine
+from llm_deploy.targets.llvm.launcher import run_launches
 
 FORMAT = "llm_deploy.llvm_kernels/1"
 PACKED = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
@@ -78,6 +80,7 @@ class Kernel:
                     checks.append((pi, di, compile_expr(d)))
             buffers.append((pi, np.dtype(p.dtype), len(p.shape), tuple(binds), tuple(fixed), tuple(same)))
         self._buffers = tuple(buffers)
+        self._buffer_index = tuple(b[0] for b in buffers)
         self._checks = tuple(checks)
 
     def __repr__(self) -> str:
@@ -88,14 +91,23 @@ class Kernel:
         self._fn(buffers_address, vars_address)
 
     def __call__(self, *args: Any) -> None:
+        values = self.bind(*args)
+        self._py(*[args[pi] for pi in self._buffer_index], *values)
+
+    def bind(self, *args: Any) -> list[int]:
+        """Check the arguments against the signature; the values of `signature.vars` they bind."""
         if self._module.closed:
             raise KernelCallError(f"kernel {self.name}: its module was closed (the code is freed)")
         if len(args) != self._nargs:
             raise KernelCallError(f"kernel {self.signature} takes {self._nargs} arguments, got {len(args)}")
         values = [0] * self._nvars
         for pi, slot in self._scalars:
-            values[slot] = args[pi]
-        arrays = []
+            try:
+                values[slot] = operator.index(args[pi])
+            except TypeError:
+                raise KernelCallError(
+                    f"kernel {self.signature}: scalar arguments must be ints, got {args}"
+                ) from None
         for pi, dt, ndim, binds, fixed, same in self._buffers:
             a = args[pi]
             if type(a) is not np.ndarray or (a.dtype is not dt and a.dtype != dt) or a.ndim != ndim:
@@ -111,18 +123,28 @@ class Kernel:
             for di, slot in same:
                 if shape[di] != values[slot]:
                     raise self._bad_arg(pi, a, values)
-            arrays.append(a)
         if self._checks:
             env = dict(zip(self.signature.vars, values))
             for pi, di, evaluate in self._checks:
                 if args[pi].shape[di] != evaluate(env):
                     raise self._bad_arg(pi, args[pi], values)
-        try:
-            self._py(*arrays, *values)
-        except ctypes.ArgumentError:
-            raise KernelCallError(
-                f"kernel {self.signature}: scalar arguments must be ints, got {args}"
-            ) from None
+        return values
+
+    @property
+    def closed(self) -> bool:
+        return self._module.closed
+
+    @property
+    def module(self) -> KernelModule:
+        return self._module
+
+    def launcher(self) -> tuple[Any, int]:
+        """(run, data_offset) of the native launch loop (launcher.py) that can call this kernel."""
+        return run_launches(), self._module.data_offset
+
+    def buffer_params(self) -> tuple[int, ...]:
+        """Indices of the buffer parameters, in the order of the packed entry's `buffers`."""
+        return self._buffer_index
 
     def _bad_arg(self, i: int, arg: Any, values: list[int] | None = None) -> KernelCallError:
         p = self.signature.params[i]
@@ -197,7 +219,8 @@ class KernelModule:
         self._finalizer = weakref.finalize(self, _shutdown, self._engine, shutdown, self._pid)
         self.set_num_threads(num_threads, spin)
         offset = self._engine.get_global_value_address(PY_DATA_OFFSET)
-        ctypes.c_int64.from_address(offset).value = _numpy_data_offset()
+        self.data_offset = _numpy_data_offset()
+        ctypes.c_int64.from_address(offset).value = self.data_offset
         self.kernels = {
             name: Kernel(sig, self._address(sig.symbol), self._address(sig.py_symbol), self)
             for name, sig in self.signatures.items()
