@@ -100,7 +100,9 @@ async function main() {
   const load = engine.loadStats;
   $("device").textContent = `on ${engine.device.name}`;
   $("status").textContent = `Loaded in ${load.seconds.toFixed(2)} s (${(load.downloadedBytes / 1e6).toFixed(1)} MB downloaded, ${(load.cachedBytes / 1e6).toFixed(1)} MB from the browser's cache). Replies are computed on this computer.`;
+  engine.device.lost.then((info) => showError(`The GPU device was lost (${info.reason}): ${info.message}. Reload the page.`));
   document.body.dataset.loadSeconds = String(load.seconds);
+  document.body.dataset.downloadSeconds = String(load.downloadSeconds);
   document.body.dataset.downloadedBytes = String(load.downloadedBytes);
   document.body.dataset.cachedBytes = String(load.cachedBytes);
   document.body.dataset.ready = "true";

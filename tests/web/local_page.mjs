@@ -32,7 +32,7 @@ try {
     const body = await page.evaluate(() => ({ ...document.body.dataset }));
     return {
       ready: body.ready === "true",
-      seconds: Number(body.loadSeconds), downloadedBytes: Number(body.downloadedBytes), cachedBytes: Number(body.cachedBytes),
+      seconds: Number(body.loadSeconds), downloadSeconds: Number(body.downloadSeconds), downloadedBytes: Number(body.downloadedBytes), cachedBytes: Number(body.cachedBytes),
       errors: await page.locator(".msg.error").allTextContents(),
     };
   }

@@ -7,7 +7,7 @@
 //     for await (const chunk of chunks) out.textContent += chunk.choices[0].delta.content ?? "";
 
 import { loadArtifact } from "./artifact.js";
-import { ITEMSIZE, WebGPUError, requestDevice } from "./device.js";
+import { ITEMSIZE, WebGPUError, halfToFloat, requestDevice } from "./device.js";
 import { loadKernels, needsF16 } from "./kernels.js";
 import { PagedKVCache, kvExterns } from "./kv_cache.js";
 import { generator, sample } from "./sampler.js";
@@ -114,10 +114,10 @@ export class Engine {
       const args = [d.upload([ids.length], "int32", Int32Array.from(ids))];
       if (withPositions) args.push(d.upload([1], "int32", step.lastTokenIndices));
       const logits = this.vm.fn(fn)(...args, this.cache, ...this.params);
-      const [row] = await d.flush([logits]);
+      const [raw] = await d.flush([logits]);
       this.cache.endForward();
       this.cached.push(...ids);
-      return row;
+      return logits.dtype === "float16" ? Float32Array.from(raw, halfToFloat) : raw;
     } catch (e) {
       this.cache.cancelForward();
       throw e;
@@ -185,7 +185,15 @@ export class Engine {
   }
 
   // -- the OpenAI-shaped API
-  _create(request) {
+  /** Resolves, when every earlier holder has released it, to a function that releases it. */
+  _lock() {
+    const earlier = this._queue;
+    let release;
+    this._queue = new Promise((r) => (release = r));
+    return earlier.then(() => release);
+  }
+
+  async _create(request) {
     const { messages, stream = false, ...params } = request || {};
     if (!Array.isArray(messages) || !messages.length) throw new TypeError("chat.completions.create: `messages` must be a non-empty array of {role, content}");
     const sampling = {};
@@ -197,38 +205,32 @@ export class Engine {
       id, object: "chat.completion.chunk", created, model: this.model,
       choices: [{ index: 0, delta, finish_reason: finishReason }], ...(usage ? { usage } : {}),
     });
-    const usage = () => ({ prompt_tokens: promptIds.length, completion_tokens: this.lastStats.completionTokens, total_tokens: promptIds.length + this.lastStats.completionTokens });
+    const usage = (stats) => ({ prompt_tokens: stats.promptTokens, completion_tokens: stats.completionTokens, total_tokens: stats.promptTokens + stats.completionTokens });
     const engine = this;
+    // One request at a time (one conversation in the cache): a stream takes the engine when it
+    // is first read and gives it back when it ends or its reader stops early.
     async function* chunks() {
-      yield chunk({ role: "assistant", content: "" }, null);
-      for await (const step of engine.generate(promptIds, sampling)) {
-        if (step.text) yield chunk({ content: step.text }, null);
-        if (step.finishReason) yield chunk({}, step.finishReason, usage());
-      }
-    }
-    // One request at a time: the next starts when this one's stream is done (or abandoned).
-    const turn = this._queue;
-    let release;
-    this._queue = new Promise((r) => (release = r));
-    async function* serialized() {
-      await turn;
+      const release = await engine._lock();
       try {
-        yield* chunks();
+        yield chunk({ role: "assistant", content: "" }, null);
+        for await (const step of engine.generate(promptIds, sampling)) {
+          if (step.text) yield chunk({ content: step.text }, null);
+          if (step.finishReason) yield chunk({}, step.finishReason, usage(engine.lastStats));
+        }
       } finally {
         release();
       }
     }
-    if (stream) return Promise.resolve(serialized());
-    return (async () => {
-      let content = "", finish = null;
-      for await (const c of serialized()) {
-        content += c.choices[0].delta.content || "";
-        finish = c.choices[0].finish_reason || finish;
-      }
-      return {
-        id, object: "chat.completion", created, model: this.model,
-        choices: [{ index: 0, message: { role: "assistant", content }, finish_reason: finish }], usage: usage(),
-      };
-    })();
+    if (stream) return chunks();
+    let content = "", finish = null, last = null;
+    for await (const c of chunks()) {
+      content += c.choices[0].delta.content || "";
+      finish = c.choices[0].finish_reason || finish;
+      last = c;
+    }
+    return {
+      id, object: "chat.completion", created, model: this.model,
+      choices: [{ index: 0, message: { role: "assistant", content }, finish_reason: finish }], usage: last.usage,
+    };
   }
 }
