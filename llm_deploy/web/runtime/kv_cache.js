@@ -25,7 +25,7 @@ export class PagedKVCache {
 
   removeSequence(id) {
     const seq = this.get(id);
-    this.free.push(...seq.pages.reverse());
+    this.free.push(...seq.pages);
     this.seqs.delete(id);
   }
 
@@ -49,7 +49,7 @@ export class PagedKVCache {
 
   trim(seq) {
     const keep = Math.ceil(seq.length / this.pageSize);
-    this.free.push(...seq.pages.splice(keep).reverse());
+    this.free.push(...seq.pages.splice(keep));
   }
 
   beginForward(ids, lengths) {
