@@ -96,6 +96,8 @@ export class Engine {
     this.cache.addSequence(SEQ);
     this.cached = []; // the tokens whose K/V the cache holds
     this.lastStats = null;
+    // seconds spent running the VM (recording a step's dispatches) and in submission and readback
+    this.timing = { recordSeconds: 0, gpuSeconds: 0, steps: 0 };
     this._queue = Promise.resolve(); // requests run one at a time
     this.chat = { completions: { create: (request) => this._create(request) } };
   }
@@ -113,8 +115,13 @@ export class Engine {
       const d = this.device;
       const args = [d.upload([ids.length], "int32", Int32Array.from(ids))];
       if (withPositions) args.push(d.upload([1], "int32", step.lastTokenIndices));
+      const t0 = performance.now();
       const logits = this.vm.fn(fn)(...args, this.cache, ...this.params);
+      const t1 = performance.now();
       const [raw] = await d.flush([logits]);
+      this.timing.recordSeconds += (t1 - t0) / 1000;
+      this.timing.gpuSeconds += (performance.now() - t1) / 1000;
+      this.timing.steps++;
       this.cache.endForward();
       this.cached.push(...ids);
       return logits.dtype === "float16" ? Float32Array.from(raw, halfToFloat) : raw;
