@@ -7,6 +7,12 @@ Each figure is the median of `--runs` runs; the peers' runs are interleaved with
 noisy neighbour hurts all of them alike. Every run is a fresh process (peak RSS is per process).
 llama.cpp comes from llama-cpp-python, installed on demand (it builds from source: ~16 min on 2
 cores; a wheel cached in ~/.cache/llm_deploy/wheels is reused). Never part of the test suite.
+
+Also printed, for the default model: the build time; decode bandwidth (weight bytes read per
+token x tokens/s) as a fraction of what a native streaming kernel reads in the same run
+(bench/bandwidth.py); and decode tokens/s with each optimization turned off in turn (fusion,
+memory planning, the low-overhead step, the int8-activation kernels), interleaved with the full
+build's runs (`--no-ablations` skips them).
 """
 
 from __future__ import annotations
@@ -14,18 +20,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
 WHEELS = Path.home() / ".cache" / "llm_deploy" / "wheels"
 
 # Each peer script prints one JSON line: prefill_tps, decode_tps, ttft_s, peak_rss_mb, load_s.
-TRANSFORMERS = textwrap.dedent(
+# Peak RSS of the process itself: VmHWM starts afresh at exec, while ru_maxrss carries the
+# parent's peak across fork (this script's own, after building artifacts).
+PEAK_RSS = """
+def peak_rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+"""
+
+TRANSFORMERS = PEAK_RSS + textwrap.dedent(
     """
-    import json, resource, sys, time
+    import json, sys, time
     import numpy as np, torch
     from transformers import AutoModelForCausalLM
     gguf, prompt_len, gen_len, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -45,15 +62,15 @@ TRANSFORMERS = textwrap.dedent(
             out = model(nxt, past_key_values=past, use_cache=True)
             past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
         decode = time.perf_counter() - t
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = peak_rss_mb()
     print(json.dumps({"prefill_tps": prompt_len / ttft, "decode_tps": gen_len / decode, "ttft_s": ttft,
                       "peak_rss_mb": rss, "load_s": load}))
     """
 )
 
-LLAMA_CPP = textwrap.dedent(
+LLAMA_CPP = PEAK_RSS + textwrap.dedent(
     """
-    import json, resource, sys, time
+    import json, sys, time
     import numpy as np
     from llama_cpp import Llama
     gguf, prompt_len, gen_len, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -70,13 +87,13 @@ LLAMA_CPP = textwrap.dedent(
         nxt = llm.sample(temp=0.0)  # greedy; reads the last logits without copying them all
         llm.eval([nxt])
     decode = time.perf_counter() - t
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = peak_rss_mb()
     print(json.dumps({"prefill_tps": prompt_len / ttft, "decode_tps": gen_len / decode, "ttft_s": ttft,
                       "peak_rss_mb": rss, "load_s": load}))
     """
 )
 
-OURS = textwrap.dedent(
+OURS = PEAK_RSS + textwrap.dedent(
     """
     import json, sys, time
     t = time.perf_counter()
@@ -84,10 +101,13 @@ OURS = textwrap.dedent(
     from llm_deploy.runtime.model_runner import ModelRunner
     from llm_deploy.serve.bench import run_bench
     folder, prompt_len, gen_len, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    runner = ModelRunner(load_artifact(folder, num_threads=threads))
+    artifact = load_artifact(folder, num_threads=threads)
+    runner = ModelRunner(artifact)
     load = time.perf_counter() - t
     result = run_bench(runner, prompt_len, gen_len, runs=1)
-    print(json.dumps({**result, "load_s": load}))
+    weight_bytes = sum(p.nbytes for p in artifact.params)  # decode reads them all (the tied head too)
+    result["peak_rss_mb"] = peak_rss_mb()
+    print(json.dumps({**result, "load_s": load, "weight_bytes": weight_bytes}))
     """
 )
 
@@ -126,11 +146,51 @@ def ensure_llama_cpp() -> bool:
     return True
 
 
-def run_script(script: str, *args: object) -> dict:
-    proc = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True)
+def run_script(script: str, *args: object, env: dict | None = None) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+BUILD = textwrap.dedent(
+    """
+    import json, sys, time
+    t = time.perf_counter()
+    from llm_deploy.build import build_model
+    build_model("llama", output=sys.argv[1], progress=False)
+    print(json.dumps({"build_s": time.perf_counter() - t}))
+    """
+)
+
+
+def ablation_builds(folder: Path) -> dict[str, tuple[str, dict]]:
+    """name -> (artifact, environment) of the default model with one optimization turned off."""
+    from llm_deploy.build import build_model
+    from llm_deploy.compiler.passes.fuse_ops import fuse_ops
+    from llm_deploy.compiler.passes.fuse_tir import fuse_tir
+    from llm_deploy.compiler.passes.memory_plan import memory_plan
+    from llm_deploy.compiler.pipeline import PIPELINES
+
+    def without(*passes):
+        return [p for p in PIPELINES["llvm"] if p not in passes]
+
+    builds = {
+        "no fusion": dict(pipeline=without(fuse_ops, fuse_tir)),
+        "no memory plan": dict(pipeline=without(memory_plan)),
+        "no int8 dot": dict(int_dot=False),
+    }
+    out = {}
+    for name, overrides in builds.items():
+        path = folder / name.replace(" ", "-")
+        print(f"building the default model with {name}...", file=sys.stderr)
+        out[name] = (str(build_model("llama", output=path, progress=False, **overrides)), {})
+    return out
 
 
 def main() -> int:
@@ -144,25 +204,45 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--peers", default="llama.cpp,transformers")
+    parser.add_argument("--no-ablations", action="store_true", help="skip the per-feature builds and runs")
     args = parser.parse_args()
 
     from llm_deploy.build import ensure_artifact
     from llm_deploy.models import MODELS
 
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bandwidth import stream_read_gbps
+
     artifact = args.artifact or str(ensure_artifact("llama"))
     gguf = args.gguf or str(MODELS["llama"].gguf_path())
     peers = [p for p in args.peers.split(",") if p]
-    scripts = {"ours": (OURS, artifact)}
+    scripts: dict[str, tuple[str, str, dict]] = {"ours": (OURS, artifact, {})}
     if "llama.cpp" in peers and ensure_llama_cpp():
-        scripts["llama.cpp"] = (LLAMA_CPP, gguf)
+        scripts["llama.cpp"] = (LLAMA_CPP, gguf, {})
     if "transformers" in peers:
-        scripts["transformers"] = (TRANSFORMERS, gguf)
+        scripts["transformers"] = (TRANSFORMERS, gguf, {})
+
+    tmp = Path(tempfile.mkdtemp(prefix="llmd-peers-"))
+    extra: dict[str, float] = {}
+    ablations: list[str] = []
+    if not args.no_ablations and not args.artifact:
+        extra["build_s"] = run_script(BUILD, tmp / "timed-build")["build_s"]
+        for name, (path, env) in ablation_builds(tmp).items():
+            scripts[f"ours, {name}"] = (OURS, path, env)
+            ablations.append(f"ours, {name}")
+        scripts["ours, no low-overhead step"] = (OURS, artifact, {"LLMD_FAST_STEP": "0"})
+        ablations.append("ours, no low-overhead step")
 
     results: dict[str, list[dict]] = {name: [] for name in scripts}
+    stream: list[float] = []
     for r in range(args.runs):
-        for name, (script, path) in scripts.items():
-            results[name].append(run_script(script, path, args.prompt_len, args.gen_len, args.threads))
+        stream.append(stream_read_gbps(args.threads))
+        for name, (script, path, env) in scripts.items():
+            results[name].append(
+                run_script(script, path, args.prompt_len, args.gen_len, args.threads, env=env)
+            )
             print(f"run {r + 1}/{args.runs} {name}: {results[name][-1]}", file=sys.stderr)
+    shutil.rmtree(tmp, ignore_errors=True)
 
     keys = ["decode_tps", "prefill_tps", "ttft_s", "peak_rss_mb", "load_s"]
     median = {
@@ -171,15 +251,36 @@ def main() -> int:
     print(
         f"\nprompt {args.prompt_len} tokens, {args.gen_len} generated, {args.threads} threads, median of {args.runs}"
     )
-    print(f"{'':14}" + "".join(f"{k:>14}" for k in keys))
+    print(f"{'':30}" + "".join(f"{k:>14}" for k in keys))
     for name, m in median.items():
-        print(f"{name:14}" + "".join(f"{m[k]:>14.2f}" for k in keys))
+        print(f"{name:30}" + "".join(f"{m[k]:>14.2f}" for k in keys))
     for peer in median:
-        if peer == "ours":
+        if peer == "ours" or peer.startswith("ours,"):
             continue
         ratios = {k: median["ours"][k] / median[peer][k] for k in keys}
-        print(f"ours/{peer:9}" + "".join(f"{ratios[k]:>13.2f}x" for k in keys))
-    print(json.dumps({"median": median}))
+        print(f"{'ours/' + peer:30}" + "".join(f"{ratios[k]:>13.2f}x" for k in keys))
+
+    weight_mb = results["ours"][0]["weight_bytes"] / 1e6
+    gbps = statistics.median(stream)
+    used = weight_mb / 1e3 * median["ours"]["decode_tps"]
+    print(
+        f"\ndecode bandwidth: {weight_mb:.1f} MB of weights per token x {median['ours']['decode_tps']:.1f} tokens/s"
+        f" = {used:.1f} GB/s; a native streaming read: {gbps:.1f} GB/s ({100 * used / gbps:.0f}%)"
+    )
+    if ablations:
+        print(
+            "decode tokens/s with one feature off (full build: {:.1f}):".format(median["ours"]["decode_tps"])
+        )
+        for name in ablations:
+            d = median[name]["decode_tps"]
+            print(
+                f"  {name[len('ours, ') :]:26} {d:8.1f}   (the feature gives {median['ours']['decode_tps'] / d:.2f}x)"
+            )
+        print(
+            f"build time of the default model: {extra['build_s']:.1f} s; artifact load: {median['ours']['load_s']:.2f} s"
+        )
+    summary = {"median": median, "stream_gbps": gbps, "decode_gbps": used, **extra}
+    print(json.dumps(summary))
     return 0
 
 

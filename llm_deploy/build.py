@@ -30,9 +30,13 @@ def build_model(
     output: str | os.PathLike | None = None,
     quantization: str | None = None,
     progress: bool = True,
+    pipeline: str | list | None = None,
     **build_overrides: Any,
 ) -> Path:
-    """Build `source` for `target`; returns the artifact folder (written atomically)."""
+    """Build `source` for `target`; returns the artifact folder (written atomically).
+
+    `pipeline` replaces the target's passes (a PIPELINES name or a list of passes: benchmarks
+    build with one optimization left out to measure what it brings)."""
     from tqdm import tqdm
 
     from llm_deploy.compiler.passes.quantize import quantize
@@ -62,7 +66,7 @@ def build_model(
     steps.update()
 
     stage("compiling")
-    exe = build(mod, target)
+    exe = build(mod, target, pipeline=pipeline or "default")
     steps.update()
 
     name = model_name(source)
