@@ -101,6 +101,7 @@ async function main() {
   $("device").textContent = `on ${engine.device.name}`;
   $("status").textContent = `Loaded in ${load.seconds.toFixed(2)} s (${(load.downloadedBytes / 1e6).toFixed(1)} MB downloaded, ${(load.cachedBytes / 1e6).toFixed(1)} MB from the browser's cache). Replies are computed on this computer.`;
   engine.device.lost.then((info) => showError(`The GPU device was lost (${info.reason}): ${info.message}. Reload the page.`));
+  if (engine.artifact.stats.cacheError) $("status").textContent += ` (${engine.artifact.stats.cacheError})`;
   document.body.dataset.loadSeconds = String(load.seconds);
   document.body.dataset.downloadSeconds = String(load.downloadSeconds);
   document.body.dataset.downloadedBytes = String(load.downloadedBytes);

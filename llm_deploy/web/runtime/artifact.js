@@ -19,7 +19,7 @@ export class ArtifactError extends Error {}
 export async function loadArtifact(baseUrl, { version = "", onProgress = () => {}, useCache = true } = {}) {
   const base = new URL(baseUrl, location.href);
   const store = useCache && globalThis.caches ? await openCache(base, version) : null;
-  const stats = { downloadedBytes: 0, cachedBytes: 0, files: {} };
+  const stats = { downloadedBytes: 0, cachedBytes: 0, files: {}, cacheError: null };
   const sizes = {};
   const report = (file, loaded, total, fromCache) => {
     sizes[file] = { loaded, total };
@@ -98,7 +98,12 @@ async function fetchFile(base, file, version, store, report, stats) {
   stats.files[file] = { bytes: bytes.length, fromCache: false };
   if (store) {
     const headers = { "content-type": type || "application/octet-stream", "content-length": String(bytes.length) };
-    await store.put(url.href, new Response(bytes, { headers }));
+    try {
+      await store.put(url.href, new Response(bytes, { headers }));
+    } catch (e) {
+      // out of quota (a private window, a full disk): the model still runs, downloaded each visit
+      stats.cacheError = `${file} was not kept in the browser's cache: ${e.message}`;
+    }
   }
   return bytes;
 }
