@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from llm_deploy.runtime.vm import Device, VirtualMachine
+from llm_deploy.runtime.vm import Device, VirtualMachine, no_gc
 
 FORMAT = "llm_deploy.executable/1"
 
@@ -89,7 +89,8 @@ class Executable:
         path = folder / "executable.json"
         if not path.exists():
             raise FileNotFoundError(f"{folder} is not an executable folder: {path.name} is missing")
-        manifest = json.loads(path.read_text())
+        with no_gc():
+            manifest = json.loads(path.read_text())
         if manifest.get("format") != FORMAT:
             raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
         target = manifest["target"]

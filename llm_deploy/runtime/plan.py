@@ -21,6 +21,8 @@ Value externs (`call_extern_value`) are getters of arrays their owner holds (the
 arrays and pools); a planned function calls them first, in program order, before any kernel, so
 their results can key the plan. Functions whose externs take computed arguments, or with `if` or
 function calls, run on the VM's instructions (still skipping the checks of identical weights).
+
+Like the VM's planned storage, a plan's tables are per VM: one call of a function at a time.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from llm_deploy.runtime.symbolic import Evaluator, compile_expr
-from llm_deploy.runtime.vm import _matcher, _static_params
+from llm_deploy.runtime.vm import VMError, _matcher, _static_params, check_static
 
 MAX_PLANS = 64  # per function: decode keys change with the batch size and the page count
 MAX_BUFFERS = 64  # buffer arguments of one kernel (the launch loop's scratch array)
@@ -119,23 +121,29 @@ def _expr(text: str | int) -> Evaluator:
 
 
 def _leaf_key(x: Any) -> Any:
+    """What of a dynamic value a plan depends on: an array's type, shape, strides and dtype (not
+    its data); a sequence's length (its items are leaves of their own); a scalar's value."""
     t = type(x)
-    if t is np.ndarray:
-        return (x.shape, x.strides, x.dtype)
-    if t is int:
-        return x
+    if t is np.ndarray:  # dtype by number and byte order: hashing dtype objects is slow
+        dt = x.dtype
+        return (x.shape, x.strides, dt.num, dt.isnative)
     if t is tuple or t is list:
         return (t, len(x))
-    if isinstance(x, np.integer):
-        return (t, int(x))
-    return t
+    shape = getattr(x, "shape", None)
+    if shape is not None:
+        return (t, tuple(shape), getattr(x, "strides", None), str(getattr(x, "dtype", "")))
+    try:
+        hash(x)
+    except TypeError:
+        return t
+    return (t, x)  # ints, floats, strings; objects by identity (the KV cache)
 
 
 @dataclass
 class Plan:
     """Checked launches for one key: native segments and, between them, DPS Python externs."""
 
-    segments: list[tuple]  # ("native", code array, n) | ("extern", fn, (ref, ...))
+    segments: list[tuple]  # ("native", code, n launches, code address) | ("extern", fn, (ref, ...))
     allocs: list[tuple[tuple[int, ...], str]]
     ret: Ref
     objs: np.ndarray  # int64: addresses of the leaves then the allocations, rewritten per call
@@ -150,8 +158,11 @@ class Plan:
 class PlannedFunction:
     """`vm[name]` under the fast step: same arguments, results and errors as the VM's path."""
 
-    def __init__(self, vm: Any, name: str, func: Mapping[str, Any], slow: Callable[..., Any]):
-        self.vm, self.name, self.func, self.slow = vm, name, func, slow
+    def __init__(
+        self, vm: Any, name: str, func: Mapping[str, Any], compile_slow: Callable[[], Callable[..., Any]]
+    ):
+        self.vm, self.name, self.func = vm, name, func
+        self._compile_slow, self._slow = compile_slow, None
         self.params = func["params"]
         self.static = _static_params(func)
         self._get_static = (lambda args: ()) if not self.static else self._getter(self.static)
@@ -159,11 +170,20 @@ class PlannedFunction:
         self.plans: dict[tuple, Plan] = {}
         self.unplannable: str | None = None
         self.structure = _analyze(func, self.static, vm.externs)
+        leaves = self.structure.leaves
+        self._shallow = (
+            [(r, path[0] if path else None) for r, path in leaves]
+            if all(len(p) <= 1 for _, p in leaves)
+            else None
+        )
         self.modules = self._check_kernels()
         self.runner: tuple[Callable[..., None], int] | None = None  # the launch loop, at first build
-        self.param_checks = [
-            _matcher(info, f"{name}: parameter {p}") for p, info in zip(self.params, func["param_infos"])
-        ]
+        infos, static = func["param_infos"], set(self.static)
+        self.param_checks = {
+            i: _matcher(infos[i], f"{name}: parameter {p}")
+            for i, p in enumerate(self.params)
+            if i not in static
+        }
         self.instr_checks = {
             k: _matcher(ins["info"], f"{name}: match_cast {ins['dst']}")
             for k, ins in enumerate(func["instrs"])
@@ -175,11 +195,25 @@ class PlannedFunction:
         get = operator.itemgetter(*indices)
         return (lambda args: (get(args),)) if len(indices) == 1 else get
 
+    def slow(self, *args: Any) -> Any:
+        """The call on the VM's instructions (compiled on first need)."""
+        if self._slow is None:
+            self._slow = self._compile_slow()
+        return self._slow(*args)
+
     def _check_kernels(self) -> list[Any]:
-        """The modules of the function's kernels, which must all have a native packed entry."""
+        """The modules of the function's kernels, which must all have a native packed entry.
+        Also the errors the instruction path gives when compiled: unknown kernels, constants."""
         modules = {}
         for ins in self.func["instrs"]:
-            if ins["op"] == "call_tir":
+            op = ins["op"]
+            if not hasattr(self.vm, f"_op_{op}"):
+                raise VMError(f"{self.name}: unknown instruction {op!r}")
+            if op == "const" and ins["name"] not in self.vm.constants:
+                raise VMError(f"{self.name}: constant {ins['name']!r} is missing from the artifact")
+            if op == "call_tir":
+                if ins["kernel"] not in self.vm.kernels:
+                    raise VMError(f"{self.name}: kernel {ins['kernel']!r} is not in the kernel library")
                 kernel = self.vm.kernels[ins["kernel"]]
                 if not hasattr(kernel, "launcher"):
                     raise NotPlannable(f"kernel {ins['kernel']} has no native entry")
@@ -214,6 +248,8 @@ class PlannedFunction:
                 roots.append(args[spec[1]])
             else:
                 roots.append(spec[1](*[roots[v] if is_root else v for is_root, v in spec[2]]))
+        if self._shallow is not None:  # every leaf is a root or an item of one
+            return [roots[r] if i is None else roots[r][i] for r, i in self._shallow]
         out = []
         for r, path in self.structure.leaves:
             x = roots[r]
@@ -225,7 +261,7 @@ class PlannedFunction:
     def _replay(self, plan: Plan, leaves: list[Any]) -> Any:
         for module in self.modules:
             if module.closed:
-                raise RuntimeError(f"{self.name}: the kernels' module was closed (the code is freed)")
+                raise VMError(f"{self.name}: the kernels' module was closed (the code is freed)")
         alloc = self.vm.device.alloc
         allocs = [alloc(shape, dtype) for shape, dtype in plan.allocs]
         objs = plan.objs
@@ -258,8 +294,9 @@ class PlannedFunction:
 
     def _bind(self, statics: tuple) -> None:
         """Check weights that are not the ones bound before; the plans held their pointers."""
+        infos = self.func["param_infos"]
         for i, a in zip(self.static, statics):
-            self.param_checks[i](a, {})
+            check_static(a, infos[i], f"{self.name}: parameter {self.params[i]}")
         self.bound = statics
         self.plans.clear()
 

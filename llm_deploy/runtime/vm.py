@@ -19,6 +19,8 @@ the first point.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import mmap
 import operator
@@ -153,9 +155,31 @@ def _dims_matcher(dims: Sequence[str | int], what: str, shape_of, noun: str) -> 
     return match
 
 
+@contextlib.contextmanager
+def no_gc():
+    """The cyclic garbage collector paused: loading builds ~10^5 objects (a program, closures),
+    none of them garbage, and collections triggered on the way cost 2-4x the work itself."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def fast_step_default() -> bool:
     """The low-overhead step is on unless LLMD_FAST_STEP=0 (see the module docstring)."""
     return os.environ.get("LLMD_FAST_STEP", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def check_static(value: Any, info: Mapping[str, Any], what: str) -> None:
+    """The check of a parameter of fully known shape, without a matcher kept per parameter (a
+    model has hundreds): quick when it passes, the matcher's message when it does not."""
+    shape = getattr(value, "shape", None)
+    if shape is not None and tuple(shape) == tuple(info["shape"]) and str(value.dtype) == info["dtype"]:
+        return
+    _matcher(info, what)(value, {})
 
 
 def _static_params(func: Mapping[str, Any]) -> tuple[int, ...]:
@@ -196,7 +220,10 @@ class VirtualMachine:
             {} if self.fast_step and type(self.device).view is Device.view else None
         )
         self.plan_status: dict[str, str] = {}  # function -> "planned" or why it is not
-        self._functions = {name: self._compile_function(name, f) for name, f in program["functions"].items()}
+        with no_gc():
+            self._functions = {
+                name: self._compile_function(name, f) for name, f in program["functions"].items()
+            }
 
     def __getitem__(self, name: str) -> Callable[..., Any]:
         try:
@@ -236,30 +263,33 @@ class VirtualMachine:
 
     # -- compilation of instructions into closures
     def _compile_function(self, name: str, func: Mapping[str, Any]) -> Callable[..., Any]:
-        slow = self._compile_instructions(name, func)
         if not self.fast_step:
             self.plan_status[name] = "off"
-            return slow
+            return self._compile_instructions(name, func)
         from llm_deploy.runtime.plan import NotPlannable, PlannedFunction
 
-        try:
-            planned = PlannedFunction(self, name, func, slow)
+        try:  # the instruction path of a planned function is compiled if it is ever needed
+            planned = PlannedFunction(self, name, func, lambda: self._compile_instructions(name, func))
         except NotPlannable as e:
             self.plan_status[name] = str(e)
-            return slow
+            return self._compile_instructions(name, func)
         self.plan_status[name] = "planned"
         return planned
 
     def _compile_instructions(self, name: str, func: Mapping[str, Any]) -> Callable[..., Any]:
         params: list[str] = func["params"]
-        checks = [_matcher(info, f"{name}: parameter {p}") for p, info in zip(params, func["param_infos"])]
+        infos = func["param_infos"]
         body = self._compile_block(func["instrs"], name)
         ret = func["ret"]
         # Under the fast step, parameters of static shape are checked only when they are other
         # objects than the ones checked last (their checks bind no symbolic variable).
         static = set(_static_params(func)) if self.fast_step else set()
-        dynamic = [(i, c) for i, c in enumerate(checks) if i not in static]
-        static_checks = [(i, c) for i, c in enumerate(checks) if i in static]
+        dynamic = [
+            (i, _matcher(infos[i], f"{name}: parameter {params[i]}"))
+            for i in range(len(params))
+            if i not in static
+        ]
+        static_checks = [(i, infos[i], f"{name}: parameter {params[i]}") for i in sorted(static)]
         bound: list[Any] = []
 
         def call(*args: Any) -> Any:
@@ -270,10 +300,10 @@ class VirtualMachine:
             regs: Regs = dict(zip(params, args))
             env: Env = {}
             if static_checks:
-                statics = [args[i] for i, _ in static_checks]
+                statics = [args[i] for i, _, _ in static_checks]
                 if len(bound) != len(statics) or not all(map(operator.is_, statics, bound)):
-                    for (_, check), a in zip(static_checks, statics):
-                        check(a, env)
+                    for (_, info, what), a in zip(static_checks, statics):
+                        check_static(a, info, what)
                     bound[:] = statics
             for i, check in dynamic:
                 check(args[i], env)

@@ -149,3 +149,77 @@ def test_switches(artifact, tiny_artifact, monkeypatch):
     off = load_artifact(tiny_artifact, fast_step=False)
     assert set(ModelRunner(off).vm.plan_status.values()) == {"off"}
     assert ModelRunner(artifact).vm.plan_status["decode"] == "planned"
+
+
+def test_plan_with_library_call_reshape_and_tuple_result():
+    """Native launches around a DPS library call (a segment boundary), a reshaped fresh output,
+    a tuple result; each call's results are its own arrays."""
+    from llm_deploy.compiler import ops
+    from llm_deploy.compiler import struct_info as SI
+    from llm_deploy.compiler.builder import BlockBuilder
+    from llm_deploy.compiler.expr import Tuple, Var
+    from llm_deploy.compiler.pipeline import build
+    from llm_deploy.compiler.shape import var
+
+    n = var("n")
+    bb = BlockBuilder()
+    x, w = Var("x", SI.tensor((n, 4))), Var("w", SI.tensor((4,)))
+    with bb.function("main", [x, w]):
+        with bb.dataflow():
+            a = bb.emit_output(ops.add(x, w), "a")
+        sm = bb.emit(ops.call_extern("numpy.softmax", [a], SI.tensor((n, 4))), "sm")
+        with bb.dataflow():
+            r = bb.emit(ops.reshape(sm, (n * 4,)), "r")
+            o = bb.emit_output(ops.multiply(r, r), "o")
+        bb.emit_func_output(Tuple((o, sm)))
+    exe = build(bb.get())
+    fast, slow = exe.vm(fast_step=True), exe.vm(fast_step=False)
+    assert fast.plan_status["main"] == "planned"
+    rng = np.random.default_rng(0)
+    w_value = np.arange(4, dtype="float32")
+    results = []
+    for rows in (1, 3, 7, 3):
+        xv = rng.standard_normal((rows, 4)).astype("float32")
+        got, want = fast["main"](xv, w_value), slow["main"](xv, w_value)
+        for g, e in zip(got, want):
+            np.testing.assert_array_equal(g, e)
+        results.append((got, want))
+    for got, want in results:  # later calls did not overwrite earlier results
+        for g, e in zip(got, want):
+            np.testing.assert_array_equal(g, e)
+    plan = next(iter(fast._functions["main"].plans.values()))
+    assert [s[0] for s in plan.segments] == ["native", "extern", "native"]
+    assert len(fast._functions["main"].plans) == 3  # rows 1, 3, 7
+
+
+def test_instruction_path_skips_only_identical_weights():
+    """Kernels without a native entry (here numpy functions, as GPU targets' are their own):
+    the VM's instructions run, and a weight is rechecked whenever it is another object."""
+    from llm_deploy.compiler import ops
+    from llm_deploy.compiler import struct_info as SI
+    from llm_deploy.compiler.builder import BlockBuilder
+    from llm_deploy.compiler.expr import GlobalVar, Var
+    from llm_deploy.compiler.shape import var
+    from llm_deploy.compiler.vm_codegen import lower_to_vm
+    from llm_deploy.runtime.vm import VirtualMachine
+
+    n = var("n")
+    bb = BlockBuilder()
+    x, w = Var("x", SI.tensor((n, 4))), Var("w", SI.tensor((4,)))
+    with bb.function("main", [x, w]):
+        with bb.dataflow():
+            out = bb.emit_output(ops.call_tir(GlobalVar("add"), [x, w], SI.tensor((n, 4))), "out")
+        bb.emit_func_output(out)
+    program, constants = lower_to_vm(bb.get())
+    vm = VirtualMachine(
+        program, {"add": lambda a, b, o: np.add(a, b, out=o)}, constants=constants, fast_step=True
+    )
+    assert vm.plan_status["main"] == "kernel add has no native entry"
+    w_value = np.ones(4, "float32")
+    for rows in (2, 5):
+        np.testing.assert_array_equal(vm["main"](np.zeros((rows, 4), "float32"), w_value), np.ones((rows, 4)))
+    with pytest.raises(MatchError, match=r"main: parameter w: expected shape \(4,\), got \(5,\)"):
+        vm["main"](np.zeros((2, 4), "float32"), np.ones(5, "float32"))
+    with pytest.raises(MatchError, match=r"parameter w: expected dtype float32, got float64"):
+        vm["main"](np.zeros((2, 4), "float32"), np.ones(4, "float64"))
+    np.testing.assert_array_equal(vm["main"](np.ones((1, 4), "float32"), w_value), np.full((1, 4), 2.0))

@@ -41,7 +41,9 @@ class Kernel:
 
     Checks every argument (type, dtype, C-contiguity, each dim against the signature), binds the
     symbolic dims from the shapes, and calls the Python entry point (abi.py), which takes the
-    arrays themselves. `call_packed` is the raw packed ABI for callers that hold pointer arrays.
+    arrays themselves. `call_packed` is the raw packed ABI for callers that hold pointer arrays;
+    `bind` is the check alone, for callers (the VM's plans) that check once and then launch
+    through the packed entry (`address`) from native code (`launcher`).
     """
 
     def __init__(self, signature: KernelSignature, address: int, py_address: int, module: KernelModule):
