@@ -5,19 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 
 TARGET_NAMES = ("llvm", "webgpu", "vulkan")
 BUILT_TARGETS = ("llvm", "webgpu", "vulkan")
 DEVICE_TARGETS = {"cpu": "llvm", "webgpu": "webgpu", "vulkan": "vulkan"}  # --device -> what runs there
-
-
-def _not_built(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        print(f"llm-deploy {name}: not built yet in this version.", file=sys.stderr)
-        return 2
-
-    return run
 
 
 def _check_target(target: str) -> None:
