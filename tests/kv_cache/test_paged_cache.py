@@ -47,6 +47,22 @@ def test_step_arrays():
         _ = c.positions
 
 
+def test_decode_step_arrays_equal_the_general_construction():
+    from llm_deploy.kv_cache.step import _decode_step, _general_step
+
+    rng = np.random.default_rng(0)
+    for b in (1, 2, 5):
+        old = [int(x) for x in rng.integers(0, 70, b)]
+        tables = [[int(p) for p in rng.permutation(200)[: (o + 1 + 15) // 16]] for o in old]
+        args = (tuple(range(b)), (1,) * b, old, tables, 16)
+        fast, general = _decode_step(*args), _general_step(*args)
+        for name in ("positions", "append_slots", "qo_indptr", "page_indptr", "page_indices", "seq_lens",
+                     "last_token_indices", "token_seq"):  # fmt: skip
+            a, e = getattr(fast, name), getattr(general, name)
+            assert a.dtype == e.dtype, name
+            np.testing.assert_array_equal(a, e, err_msg=name)
+
+
 def test_step_arrays_extern_pads_page_indices_to_a_power_of_two():
     from llm_deploy.kv_cache import KV_EXTERNS
 
