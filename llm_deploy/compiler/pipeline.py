@@ -18,7 +18,7 @@ from llm_deploy.compiler.passes.dce import dce
 from llm_deploy.compiler.passes.fold_constant import fold_constant
 from llm_deploy.compiler.passes.fuse_ops import fuse_ops
 from llm_deploy.compiler.passes.fuse_tir import fuse_tir
-from llm_deploy.compiler.passes.int_dot import int_dot
+from llm_deploy.compiler.passes.int_dot import int_dot, merge_int_dot
 from llm_deploy.compiler.passes.kv_cache import bind_kv_cache, lower_kv_cache
 from llm_deploy.compiler.passes.legalize import legalize
 from llm_deploy.compiler.passes.memory_plan import memory_plan
@@ -51,9 +51,9 @@ def _optimized(passes: list[Pass]) -> list[Pass]:
 # Per target: the CPU runs fused programs and plans memory (its Device makes views of storage).
 # "unoptimized" is the reference they are checked and measured against.
 PIPELINES["unoptimized"] = list(PIPELINES["default"])
-# The CPU's decode multiplies GGUF blocks with int8 activations (passes/int_dot.py; the module
-# attribute int_dot=False keeps the exact kernels).
-PIPELINES["llvm"] = _optimized([lower_kv_cache, int_dot, legalize, default_schedule])
+# The CPU's decode multiplies GGUF blocks with int8 activations, one kernel for the products that
+# share an input (passes/int_dot.py; the module attribute int_dot=False keeps the exact kernels).
+PIPELINES["llvm"] = _optimized([lower_kv_cache, int_dot, legalize, merge_int_dot, default_schedule])
 
 
 def webgpu_schedule(mod: IRModule) -> IRModule:

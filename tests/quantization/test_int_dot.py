@@ -13,12 +13,12 @@ import pytest
 from llm_deploy.compiler import struct_info as SI
 from llm_deploy.compiler import tir, tir_interpreter
 from llm_deploy.compiler.builder import BlockBuilder
-from llm_deploy.compiler.expr import Var
+from llm_deploy.compiler.expr import Tuple, Var
 from llm_deploy.compiler.interpreter import run
 from llm_deploy.compiler.module import IRModule
 from llm_deploy.compiler.ops.quantized import dequantize_linear, int_dot_linear
 from llm_deploy.compiler.ops.registry import ShapeError
-from llm_deploy.compiler.passes.int_dot import use_int_dot
+from llm_deploy.compiler.passes.int_dot import merge_int_dot, use_int_dot
 from llm_deploy.compiler.passes.legalize import legalize
 from llm_deploy.compiler.shape import var
 from llm_deploy.compiler.vm_codegen import lower_to_vm
@@ -148,3 +148,52 @@ def test_pass_rewrites_decode_only_and_can_be_turned_off():
 def test_op_refuses_packings_without_an_integer_kernel():
     with pytest.raises(ShapeError, match="no integer kernel"):
         _module("Q4_K")
+
+
+def _shared_input_module():
+    """q/k/v-like products of one x (two shapes), and one of another input."""
+    n = var("n")
+    x = Var("x", SI.tensor((n, K), "float32"))
+    y = Var("y", SI.tensor((n, K), "float32"))
+    shapes = [(N, K), (8, K), (8, K), (N, K)]
+    weights = [
+        [Var(f"w{i}_{s.suffix}", SI.tensor(s.shape, s.dtype)) for s in GGMLPacking("Q4_1").arrays(sh)]
+        for i, sh in enumerate(shapes)
+    ]
+    bb = BlockBuilder()
+    with bb.function("decode", [x, y, *(a for w in weights for a in w)], attrs={"bounds": {"n": (1, 64)}}):
+        with bb.dataflow():
+            outs = [
+                bb.emit(int_dot_linear(x if i < 3 else y, w, "ggml:Q4_1", sh))
+                for i, (w, sh) in enumerate(zip(weights, shapes))
+            ]
+            out = bb.emit_output(Tuple(tuple(outs)))
+        bb.emit_func_output(out)
+    return bb.get(), shapes
+
+
+def test_products_of_one_input_merge_into_one_kernel():
+    mod, shapes = _shared_input_module()
+    merged = merge_int_dot(legalize(mod))
+    kernels = {k: f for k, f in merged.items() if isinstance(f, tir.PrimFunc)}
+    calls = [i for i in lower_to_vm(merged)[0]["functions"]["decode"]["instrs"] if i["op"] == "call_tir"]
+    assert len(calls) == 2  # x's three products in one launch, y's alone
+    (multi,) = [f for f in kernels.values() if len(f.buffers) == 1 + 3 * 4]
+    assert multi.attrs["microkernel"] == "q8dot:Q4_1"
+
+    rng = np.random.default_rng(3)
+    arrays = []
+    for sh in shapes:
+        rows = ggml_rows("Q4_1", rng.standard_normal(sh).astype(np.float32), rng)
+        arrays += list(pack_ggml(GGMLPacking("Q4_1"), rows, sh).values())
+    km = codegen(kernels, LLVMOptions())
+    program, constants = lower_to_vm(merged)
+    vm = VirtualMachine(json.loads(json.dumps(program)), {k: km[k] for k in kernels}, {}, constants)
+    for rows in ROWS:
+        x, y = _x(rows, seed=rows), _x(rows, seed=10 + rows)
+        want = run(mod, "decode", x, y, *arrays)
+        by_interpreter = run(merged, "decode", x, y, *arrays)
+        compiled = vm["decode"](x, y, *arrays)
+        for w, a, c in zip(want, by_interpreter, compiled, strict=True):
+            np.testing.assert_allclose(a, w, rtol=1e-5, atol=1e-5 * np.abs(w).max())
+            np.testing.assert_allclose(c, w, rtol=1e-5, atol=2e-6 * np.abs(w).max())

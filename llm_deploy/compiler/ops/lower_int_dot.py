@@ -47,10 +47,20 @@ def _lower_int_dot_linear(
         return None
     packing, (n_out, k), packed = _packed_buffers(call)
     ggml_type = packing.ggml_type  # type: ignore[attr-defined]
-    bufs = {b.name: b for b in packed}
-    nb = k // BLOCK
     X = T.Buffer("X", (rows, k), F32)
     Out = T.Buffer("Out", (rows, n_out), F32)
+    func = int_dot_func(X, [({b.name: b for b in packed}, Out)], ggml_type)
+    return Lowered(func, tuple(call.args), (), f"int_dot_linear_{ggml_type.lower()}")
+
+
+def int_dot_func(
+    X: T.Buffer, parts: list[tuple[dict[str, T.Buffer], T.Buffer]], ggml_type: str
+) -> T.PrimFunc:
+    """The reference program of x against one or more weights (each: its packed buffers by field,
+    d/m/qs in the packing's order, and its output): x is quantized once, then every weight's rows
+    follow. Parameters: X, every part's packed buffers, then every part's output."""
+    rows, k = X.shape
+    nb = k.value // BLOCK  # type: ignore[union-attr]
     xq = T.Buffer("xq", (k,), I32, "local")
     xd = T.Buffer("xd", (nb,), F32, "local")
     xs = T.Buffer("xs", (nb,), F32, "local")
@@ -83,26 +93,28 @@ def _lower_int_dot_linear(
             T.Store(xs, (b,), d * T.cast(F32, isum[0])),
         ),
     )
-    block_sum = T.For(
-        t, BLOCK, T.Store(isum, (0,), isum[0] + _code(bufs, ggml_type, j, b, t) * xq[BLOCK * b + t])
-    )
-    scaled = T.cast(F32, bufs["d"][j, b]) * d * T.cast(F32, isum[0])
-    offset = _offset(bufs, ggml_type, j, b, xs[b])
-    term = scaled + offset if offset is not None else scaled
-    dot_row = T.For(
-        j,
-        n_out,
-        T.seq(
-            T.Store(acc, (0,), T.Imm(0.0, F32)),
-            T.For(
-                b, nb, T.seq(T.Store(isum, (0,), T.Imm(0, I32)), block_sum, T.Store(acc, (0,), acc[0] + term))
+
+    def dot_rows(bufs: dict[str, T.Buffer], Out: T.Buffer) -> T.Stmt:
+        block_sum = T.For(
+            t, BLOCK, T.Store(isum, (0,), isum[0] + _code(bufs, ggml_type, j, b, t) * xq[BLOCK * b + t])
+        )
+        scaled = T.cast(F32, bufs["d"][j, b]) * d * T.cast(F32, isum[0])
+        offset = _offset(bufs, ggml_type, j, b, xs[b])
+        term = scaled + offset if offset is not None else scaled
+        return T.For(
+            j,
+            Out.shape[1],
+            T.seq(
+                T.Store(acc, (0,), T.Imm(0.0, F32)),
+                T.For(
+                    b, nb, T.seq(T.Store(isum, (0,), T.Imm(0, I32)), block_sum, T.Store(acc, (0,), acc[0] + term))
+                ),
+                T.Store(Out, (i, j), acc[0]),
             ),
-            T.Store(Out, (i, j), acc[0]),
-        ),
-    )
-    body = T.For(i, rows, T.seq(quantize_row, dot_row))
+        )
+
+    body = T.For(i, rows, T.seq(quantize_row, *(dot_rows(packed, out) for packed, out in parts)))
     for buf in (acc, isum, inv, amax, xs, xd, xq):
         body = T.Allocate(buf, body)
-    attrs = {"scheduled": True, "microkernel": f"q8dot:{ggml_type}"}
-    func = T.PrimFunc((X, *packed, Out), body, attrs)
-    return Lowered(func, tuple(call.args), (), f"int_dot_linear_{ggml_type.lower()}")
+    params = (X, *(buf for bufs, _ in parts for buf in bufs.values()), *(out for _, out in parts))
+    return T.PrimFunc(params, body, {"scheduled": True, "microkernel": f"q8dot:{ggml_type}"})

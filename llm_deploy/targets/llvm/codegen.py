@@ -135,20 +135,19 @@ def _emit_kernel(state: ModuleState, name: str, f: T.PrimFunc, sig: KernelSignat
 
 
 def _call_microkernel(state: ModuleState, em: FunctionEmitter, name: str, f: T.PrimFunc) -> None:
-    """The body is a call of the hand-written kernel (microkernels.py), linked in by `optimize`."""
+    """The body is a call of the hand-written kernel (microkernels.py), linked in by `optimize`.
+    Buffers: X, each weight's packed arrays, each weight's output (one or more weights)."""
     kind, _, ggml_type = str(f.attrs["microkernel"]).partition(":")
-    x, *_, out = f.buffers
-    if (
-        kind != "q8dot"
-        or ggml_type not in microkernels.TYPES
-        or len(f.buffers) != 2 + len(microkernels.arrays_of(ggml_type))
-    ):
+    bufs = f.buffers
+    per_part = len(microkernels.arrays_of(ggml_type)) + 1 if ggml_type in microkernels.TYPES else 0
+    if kind != "q8dot" or not per_part or (len(bufs) - 1) % per_part:
         raise CodegenError(f"kernel {name}: no microkernel {f.attrs['microkernel']!r} for these buffers")
-    n, k = (int(d.value) for d in (out.shape[1], x.shape[1]))  # type: ignore[union-attr]
+    x, outs = bufs[0], bufs[len(bufs) - (len(bufs) - 1) // per_part :]
+    parts = tuple(int(o.shape[1].value) for o in outs)  # type: ignore[union-attr]
     symbol = microkernels.symbol(name)
-    state.microkernels[symbol] = (ggml_type, n, k)
-    fn = state.function(symbol, ir.VoidType(), [PTR] * len(f.buffers) + [I64])
-    em.b.call(fn, [em.bufs[b.name] for b in f.buffers] + [em.index(x.shape[0])])
+    state.microkernels[symbol] = (ggml_type, parts, int(x.shape[1].value))  # type: ignore[union-attr]
+    fn = state.function(symbol, ir.VoidType(), [PTR] * len(bufs) + [I64])
+    em.b.call(fn, [em.bufs[b.name] for b in bufs] + [em.index(x.shape[0])])
 
 
 def _py_data_offset(module: ir.Module) -> ir.GlobalVariable:

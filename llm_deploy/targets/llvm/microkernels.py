@@ -20,6 +20,8 @@ per output: the float rounding differs from the reference's order by a few ulps,
 
 from __future__ import annotations
 
+import re
+
 from llm_deploy.targets.llvm import threadpool as pool
 
 BLOCK = 32
@@ -48,6 +50,8 @@ declare float @llvm.vector.reduce.fadd.v8f32(float, <8 x float>)
 declare <8 x float> @llvm.fma.v8f32(<8 x float>, <8 x float>, <8 x float>)
 declare float @llvm.fma.f32(float, float, float)
 declare <32 x i8> @llvm.abs.v32i8(<32 x i8>, i1)
+declare i64 @llvm.smax.i64(i64, i64)
+declare i64 @llvm.smin.i64(i64, i64)
 """
 
 _AVX2_DECLS = """
@@ -57,8 +61,9 @@ declare <32 x i8> @llvm.x86.avx2.psign.b(<32 x i8>, <32 x i8>)
 """
 
 
-def module_ir(kernels: dict[str, tuple[str, int, int]], avx2: bool) -> str:
-    """One LLVM module defining each function named in `kernels` -> (ggml type, N, K)."""
+def module_ir(kernels: dict[str, tuple[str, tuple[int, ...], int]], avx2: bool) -> str:
+    """One LLVM module defining each function named in `kernels` -> (ggml type, the row counts
+    of its weights, K)."""
     parts = [_DECLS.replace("PARALLEL_FOR", pool.PARALLEL_FOR), _AVX2_DECLS if avx2 else ""]
     parts += [_kernel_ir(name, t, n, k, avx2) for name, (t, n, k) in kernels.items()]
     return "\n".join(parts)
@@ -220,16 +225,23 @@ def _row_dot(ggml_type: str, avx2: bool, nb: int) -> str:
     return text
 
 
-def _kernel_ir(name: str, ggml_type: str, n: int, k: int, avx2: bool) -> str:
+def _kernel_ir(name: str, ggml_type: str, parts: tuple[int, ...], k: int, avx2: bool) -> str:
+    """The kernel: x (rows, K) against the weights of `parts` (their row counts), in one call.
+    Parameters: X, each part's arrays (arrays_of order), each part's output, then rows."""
     nb = k // BLOCK
-    wbytes = 32 if ggml_type == "Q8_0" else 16  # bytes of codes per block
-    has_m = ggml_type == "Q4_1"
-    mparam = "ptr noalias %m, " if has_m else ""
-    env_t = "{ ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64 }"  # xq, xd, xs, d, m, qs, Out, rows
-    mrow = "  %mrow = getelementptr inbounds half, ptr %m, i64 %wblk\n" if has_m else ""
-
+    fields = arrays_of(ggml_type)
+    arrays = ", ".join(f"ptr noalias %{f}.p{p}" for p in range(len(parts)) for f in fields)
+    outs = ", ".join(f"ptr noalias %Out.p{p}" for p in range(len(parts)))
+    env = ["xq", "xd", "xs"] + [f"{f}.p{p}" for p in range(len(parts)) for f in (*fields, "Out")]
+    env_t = "{ " + ", ".join(["ptr"] * len(env) + ["i64"]) + " }"  # ..., rows
+    total = sum(parts)
+    loops, offset = [], 0
+    for p, n in enumerate(parts):
+        after = f"p{p + 1}.check" if p + 1 < len(parts) else "exit"
+        loops.append(_part_loop(ggml_type, avx2, n, nb, offset, f"p{p}", after))
+        offset += n
     return f"""
-define void @{name}(ptr noalias %X, ptr noalias %d, {mparam}ptr noalias %qs, ptr noalias %Out, i64 %rows) {{
+define void @{name}(ptr noalias %X, {arrays}, {outs}, i64 %rows) {{
 entry:
   %nq = mul i64 %rows, {k}
   %nf = mul i64 %rows, {nb * 8}
@@ -281,27 +293,43 @@ qloop:
   br i1 %more, label %qloop, label %qdone
 qdone:
   %env = alloca {env_t}, align 8
-{_store_env(env_t, has_m)}
-  call void @{pool.PARALLEL_FOR}(ptr @{name}.task, ptr %env, i64 {n})
+{_env(env_t, env, store=True)}
+  call void @{pool.PARALLEL_FOR}(ptr @{name}.task, ptr %env, i64 {total})
   call void @free(ptr %xq)
   ret void
 }}
 
-; Task t of n: rows [t*N/n, (t+1)*N/n) of W, each against every row of x.
+; Task t of n: rows [t*R/n, (t+1)*R/n) of all the parts' R rows, each against every row of x.
 define internal void @{name}.task(i64 %task, i64 %ntasks, ptr %env) {{
 entry:
-{_load_env(env_t, has_m)}
-  %t0 = mul i64 %task, {n}
+{_env(env_t, env, store=False)}
+  %t0 = mul i64 %task, {total}
   %j0 = udiv i64 %t0, %ntasks
   %task1 = add i64 %task, 1
-  %t1 = mul i64 %task1, {n}
+  %t1 = mul i64 %task1, {total}
   %j1 = udiv i64 %t1, %ntasks
+  br label %p0.check
+{"".join(loops)}exit:
+  ret void
+}}
+"""
+
+
+def _part_loop(ggml_type: str, avx2: bool, n: int, nb: int, offset: int, p: str, after: str) -> str:
+    """Blocks `p.*`: the part's rows [offset, offset + n) of the task's range, then `after`."""
+    wbytes = 32 if ggml_type == "Q8_0" else 16  # bytes of codes per block
+    mrow = "  %mrow = getelementptr inbounds half, ptr %m, i64 %wblk\n" if ggml_type == "Q4_1" else ""
+    text = f"""check:
+  %a0 = call i64 @llvm.smax.i64(i64 %j0, i64 {offset})
+  %lo = sub i64 %a0, {offset}
+  %a1 = call i64 @llvm.smin.i64(i64 %j1, i64 {offset + n})
+  %hi = sub i64 %a1, {offset}
   %rows.any = icmp sgt i64 %rows, 0
-  %range = icmp ult i64 %j0, %j1
+  %range = icmp slt i64 %lo, %hi
   %go = and i1 %rows.any, %range
-  br i1 %go, label %jloop, label %exit
+  br i1 %go, label %jloop, label %{after}
 jloop:
-  %j = phi i64 [ %j0, %entry ], [ %j.next, %ilatch ]
+  %j = phi i64 [ %lo, %check ], [ %j.next, %ilatch ]
   %wblk = mul i64 %j, {nb}
   %woff = mul i64 %wblk, {wbytes}
   %wq = getelementptr inbounds i8, ptr %qs, i64 %woff
@@ -323,12 +351,23 @@ iloop:
   br i1 %imore, label %iloop, label %ilatch
 ilatch:
   %j.next = add nuw i64 %j, 1
-  %jmore = icmp ult i64 %j.next, %j1
-  br i1 %jmore, label %jloop, label %exit
-exit:
-  ret void
-}}
+  %jmore = icmp slt i64 %j.next, %hi
+  br i1 %jmore, label %jloop, label %{after}
 """
+    shared = {"xq", "xd", "xs", "rows", "j0", "j1", "exit", after}
+    parts = {"d", "m", "qs", "Out"}
+
+    def rename(match: re.Match) -> str:
+        name = match.group(1)
+        if name in shared:
+            return match.group(0)
+        if name in parts:
+            return f"%{name}.{p}"
+        return f"%{p}.{name}"
+
+    text = re.sub(r"%([A-Za-z_][\w.]*)", rename, text)
+    # labels are defined as `name:` at the start of a line
+    return re.sub(r"^([A-Za-z_][\w.]*):", lambda m: f"{p}.{m.group(1)}:", text, flags=re.M)
 
 
 def _quantize_quarters() -> str:
@@ -346,29 +385,14 @@ def _quantize_quarters() -> str:
     return "\n".join(lines)
 
 
-_ENV_FIELDS = ("xq", "xd", "xs", "d", "m", "qs", "Out", "rows")
-
-
-def _store_env(env_t: str, has_m: bool) -> str:
+def _env(env_t: str, names: list[str], store: bool) -> str:
+    """Store (in the kernel) or load (in a task) the pointers `names`, then rows, through %env."""
     lines = []
-    for i, f in enumerate(_ENV_FIELDS):
-        value = "null" if f == "m" and not has_m else f"%{f}"
-        ty = "i64" if f == "rows" else "ptr"
-        lines += [
-            f"  %e{i} = getelementptr inbounds {env_t}, ptr %env, i32 0, i32 {i}",
-            f"  store {ty} {value}, ptr %e{i}, align 8",
-        ]
-    return "\n".join(lines)
-
-
-def _load_env(env_t: str, has_m: bool) -> str:
-    lines = []
-    for i, f in enumerate(_ENV_FIELDS):
-        if f == "m" and not has_m:
-            continue
-        ty = "i64" if f == "rows" else "ptr"
-        lines += [
-            f"  %e{i} = getelementptr inbounds {env_t}, ptr %env, i32 0, i32 {i}",
-            f"  %{f} = load {ty}, ptr %e{i}, align 8",
-        ]
+    for i, name in enumerate([*names, "rows"]):
+        ty = "i64" if name == "rows" else "ptr"
+        lines.append(f"  %e{i} = getelementptr inbounds {env_t}, ptr %env, i32 0, i32 {i}")
+        if store:
+            lines.append(f"  store {ty} %{name}, ptr %e{i}, align 8")
+        else:
+            lines.append(f"  %{name} = load {ty}, ptr %e{i}, align 8")
     return "\n".join(lines)
