@@ -7,9 +7,10 @@ Runs what bench/peers.py's script for us runs (load, one prefill, greedy decode)
 process and prints:
 - load time split into imports, `load_artifact` (program, kernels, weights mapped) and the
   model runner (VM, KV pool), and what the tokenizer costs on first use (the runner never uses it);
-- peak RSS of load + run (before the tokenizer is loaded), and the resident memory after the run by origin, from /proc/self/smaps: the weights
-  (the mapped params file), the KV pools and planned storage (each its own mapping, so exactly the
-  pages touched), LLVM (libllvmlite: the kernel loader), and the rest (Python, numpy, the heap).
+- peak RSS of load + run (before the tokenizer is loaded), and the resident memory after the run by
+  origin: the weights (the mapped params file, from /proc/self/smaps), the KV pools and planned
+  storage (anonymous mappings: exactly the pages touched, by mincore), LLVM (libllvmlite, loaded
+  only when the ELF loader cannot link the kernels), and the rest (Python, numpy, the heap).
 """
 
 from __future__ import annotations
@@ -50,9 +51,17 @@ CHILD = textwrap.dedent(
         return out
 
     maps = mappings()
-    def owned(arrays):
-        starts = {a.ctypes.data for a in arrays}
-        return sum(m[3] for m in maps if m[0] in starts)
+    import ctypes, mmap
+    libc = ctypes.CDLL(None)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    def owned(arrays):  # resident pages of each array's own mapping (mincore: exact per range)
+        total = 0
+        for a in arrays:
+            pages = -(-a.nbytes // mmap.PAGESIZE)
+            vec = ctypes.create_string_buffer(pages)
+            assert libc.mincore(a.ctypes.data, a.nbytes, vec) == 0
+            total += sum(b & 1 for b in vec.raw) * mmap.PAGESIZE
+        return total
     parts = {
         "weights": sum(m[3] for m in maps if m[2].endswith("params.safetensors")),
         "kv": owned(runner.cache.k_pools + runner.cache.v_pools),

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import llvmlite.binding as llvm
+if TYPE_CHECKING:
+    import llvmlite.binding as llvm
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,10 @@ class HostMismatchError(RuntimeError):
 
 @functools.cache
 def init_llvm() -> None:
+    # llvmlite is imported where LLVM is used (~70 ms, ~40 MB): loading kernels needs it only
+    # when the ELF loader (elf.py) cannot link them.
+    import llvmlite.binding as llvm
+
     # llvm.initialize() raises in llvmlite >= 0.45; the native target is all we need.
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
@@ -66,6 +72,8 @@ def enabled(features: str) -> frozenset[str]:
 
 @functools.cache
 def host() -> HostTarget:
+    import llvmlite.binding as llvm
+
     init_llvm()
     return HostTarget(
         llvm.get_process_triple(), llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
@@ -87,6 +95,8 @@ def check_host_compatible(triple: str, features: str | frozenset[str]) -> None:
 
 
 def target_machine(target: HostTarget, opt_level: int = 3) -> llvm.TargetMachine:
+    import llvmlite.binding as llvm
+
     init_llvm()
     # PIC so that calls into libc (pthread_create, syscall, expf) go through stubs and GOT
     # entries that the JIT linker fills in, wherever libc happens to be mapped.

@@ -1,9 +1,11 @@
 """Loading compiled kernels (an object file, no linker) and calling them from Python.
 
-A `KernelModule` owns one MCJIT engine holding one object file: the kernels and the thread pool
-compiled into it. Loading checks first that the host can run the code (architecture and CPU
-features), so a mismatched artifact is an error message, not SIGILL. Before the engine (and the
-code the pool's workers are running) is freed, the workers are stopped and joined.
+A `KernelModule` owns one loaded object file: the kernels and the thread pool compiled into it,
+linked in this process by elf.py (x86-64 Linux, no LLVM) or else by an MCJIT engine (llvmlite;
+LLMD_ELF_LOADER=0 forces it). Loading checks first that the host can run the code (architecture
+and CPU features: cpu.py reads /proc/cpuinfo, LLVM answers what it cannot), so a mismatched
+artifact is an error message, not SIGILL. Before the code the pool's workers are running is
+freed, the workers are stopped and joined.
 
 Imports nothing from the compiler: artifacts load with `llm_deploy.runtime` and `llm_deploy.targets`.
 """
@@ -19,13 +21,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import llvmlite.binding as llvm
 import numpy as np
 
 from llm_deploy.runtime.symbolic import compile_expr
+from llm_deploy.targets.llvm import elf
 from llm_deploy.targets.llvm import threadpool as pool
 from llm_deploy.targets.llvm.abi import PY_DATA_OFFSET, KernelSignature
-from llm_deploy.targets.llvm.host import HostTarget, check_host_compatible, host, target_machine
+from llm_deploy.targets.llvm.cpu import surely_compatible
+from llm_deploy.targets.llvm.host import HostTarget, check_host_compatible
 from llm_deploy.targets.llvm.launcher import run_launches
 
 FORMAT = "llm_deploy.llvm_kernels/1"
@@ -177,11 +180,43 @@ def _numpy_data_offset() -> int:
     )
 
 
-def _shutdown(engine: llvm.ExecutionEngine, shutdown: Any, pid: int) -> None:
+class _MCJITImage:
+    """An object file linked by LLVM's MCJIT (where elf.py cannot link it)."""
+
+    def __init__(self, object_code: bytes):
+        import llvmlite.binding as llvm
+
+        from llm_deploy.targets.llvm.host import host, target_machine
+
+        here = host()
+        empty = llvm.parse_assembly("")
+        empty.triple = here.triple
+        self.engine = llvm.create_mcjit_compiler(empty, target_machine(here))
+        self.engine.add_object_file(llvm.ObjectFileRef.from_data(object_code))
+        self.engine.finalize_object()
+
+    def address(self, name: str) -> int:
+        return self.engine.get_function_address(name) or self.engine.get_global_value_address(name)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def link(object_code: bytes) -> elf.LoadedObject | _MCJITImage:
+    """The object file's code in this process: by elf.py where it can, else by MCJIT."""
+    if os.environ.get("LLMD_ELF_LOADER", "1") != "0":
+        try:
+            return elf.LoadedObject(object_code)
+        except elf.ElfUnsupported:
+            pass
+    return _MCJITImage(object_code)
+
+
+def _shutdown(image: Any, shutdown: Any, pid: int) -> None:
     if os.getpid() != pid:
-        return  # a forked child: the workers (and the engine's owner) live in the parent
+        return  # a forked child: the workers (and the code's owner) live in the parent
     shutdown()  # join the pool's workers before their code is freed
-    engine.close()
+    image.close()
 
 
 class KernelModule:
@@ -195,7 +230,8 @@ class KernelModule:
         num_threads: int | None = None,
         spin: int = pool.DEFAULT_SPIN,
     ):
-        check_host_compatible(target.triple, target.features)
+        if not surely_compatible(target.triple, target.features):
+            check_host_compatible(target.triple, target.features)  # LLVM's answer, or the error
         self.closed = False
         self.object_code = object_code
         self.signatures = dict(signatures)
@@ -203,12 +239,7 @@ class KernelModule:
         self.ir: str | None = None  # LLVM IR before optimization, when built in this process
         self.optimized_ir: str | None = None
         self.notes: list[str] = []
-        here = host()
-        empty = llvm.parse_assembly("")
-        empty.triple = here.triple
-        self._engine = llvm.create_mcjit_compiler(empty, target_machine(here))
-        self._engine.add_object_file(llvm.ObjectFileRef.from_data(object_code))
-        self._engine.finalize_object()
+        self._image = link(object_code)
         self._configure = ctypes.CFUNCTYPE(None, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32)(
             self._address(pool.CONFIGURE)
         )
@@ -218,9 +249,9 @@ class KernelModule:
         shutdown = ctypes.CFUNCTYPE(None)(self._address(pool.SHUTDOWN))
         self._forget = ctypes.CFUNCTYPE(None)(self._address(pool.FORGET))
         self._pid = os.getpid()
-        self._finalizer = weakref.finalize(self, _shutdown, self._engine, shutdown, self._pid)
+        self._finalizer = weakref.finalize(self, _shutdown, self._image, shutdown, self._pid)
         self.set_num_threads(num_threads, spin)
-        offset = self._engine.get_global_value_address(PY_DATA_OFFSET)
+        offset = self._image.address(PY_DATA_OFFSET)
         self.data_offset = _numpy_data_offset()
         ctypes.c_int64.from_address(offset).value = self.data_offset
         self.kernels = {
@@ -228,8 +259,13 @@ class KernelModule:
             for name, sig in self.signatures.items()
         }
 
+    @property
+    def linker(self) -> str:
+        """Which linker loaded the code: "elf" (elf.py) or "mcjit"."""
+        return "elf" if isinstance(self._image, elf.LoadedObject) else "mcjit"
+
     def _address(self, symbol: str) -> int:
-        address = self._engine.get_function_address(symbol)
+        address = self._image.address(symbol)
         if not address:
             raise KeyError(f"symbol {symbol} is missing from the object file")
         return address
