@@ -74,3 +74,20 @@ def test_cpuinfo_check_agrees_with_llvm_on_this_host():
     assert surely_compatible(h.triple, h.features)
     assert not surely_compatible(h.triple, h.features + ",+made-up-feature")  # LLVM decides then
     assert not surely_compatible("aarch64-unknown-linux-gnu", "")
+
+
+def test_code_is_executable_and_not_writable_data_writable(tiny_artifact):
+    obj = elf.LoadedObject((tiny_artifact / "kernels.o").read_bytes())
+    try:
+        perms = {}
+        for line in open("/proc/self/maps"):
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            for name, address in (("code", obj.base), ("data", obj.base + obj.layout.exec_size)):
+                if lo <= address < hi:
+                    perms[name] = line.split()[1]
+        assert perms["code"].startswith("r-x") and perms["data"].startswith("rw-"), perms
+        assert obj.address("llmd_py_data_offset") >= obj.base + obj.layout.exec_size  # a variable
+        assert obj.base <= obj.address("llmd_pool_configure") < obj.base + obj.layout.exec_size
+        assert obj.address("no_such_symbol") == 0
+    finally:
+        obj.close()

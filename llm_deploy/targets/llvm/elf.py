@@ -23,6 +23,7 @@ import platform
 import struct
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 0x1, 0x2, 0x4
 SHT_SYMTAB, SHT_RELA, SHT_NOBITS = 2, 4, 8
@@ -101,6 +102,34 @@ def _align(x: int, a: int) -> int:
     return -(-x // max(a, 1)) * max(a, 1)
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Offsets in the mapping: code and constants, then the stubs (read-only, executable), and a
+    page further on data, bss and the GOT (writable). One mapping, so that every distance fits
+    the 32 bits of PC-relative relocations."""
+
+    place: dict[int, int]  # section index -> offset
+    stubs_at: int
+    exec_size: int
+    got_at: int
+    size: int
+
+    @staticmethod
+    def of(sections: list[_Section], loaded: list[int], nstubs: int, ngot: int) -> _Layout:
+        place: dict[int, int] = {}
+        end = 0
+        for writable in (False, True):
+            if writable:
+                stubs_at = end = _align(end, 16)
+                exec_size = end = _align(max(end + 16 * nstubs, 1), mmap.PAGESIZE)
+            for i in loaded:
+                if bool(sections[i].flags & SHF_WRITE) == writable:
+                    place[i] = end = _align(end, sections[i].align)
+                    end += sections[i].size
+        got_at = _align(end, 8)
+        return _Layout(place, stubs_at, exec_size, got_at, _align(got_at + 8 * ngot, mmap.PAGESIZE))
+
+
 class LoadedObject:
     """An object file's code and data in this process; `address(symbol)` of its globals."""
 
@@ -109,7 +138,7 @@ class LoadedObject:
             raise ElfUnsupported(
                 f"the ELF loader runs on x86-64 Linux, not {platform.machine()} {sys.platform}"
             )
-        sections, symbols = _parse(data)
+        sections, self._symbols_raw = _parse(data)
         for s in sections:
             if s.name in (".init_array", ".fini_array", ".ctors", ".dtors", ".preinit_array"):
                 raise ElfUnsupported(f"the object has {s.name} (constructors this loader does not run)")
@@ -119,15 +148,49 @@ class LoadedObject:
             if s.flags & SHF_ALLOC and s.size and s.name != ".eh_frame"  # unwind tables: unused
         ]
         relocs = [
-            (s.info, data[s.offset : s.offset + s.size])
+            (s.info, list(struct.iter_unpack("<QQq", data[s.offset : s.offset + s.size])))
             for s in sections
             if s.type == SHT_RELA and s.info in loaded
         ]
-        # The C functions called (one stub each) and the symbols loaded through the GOT.
+        self._stubs, self._got = self._imports(relocs)
+        self.layout = _Layout.of(sections, loaded, len(self._stubs), len(self._got))
+        symbols = self._symbols_raw
+        undefined = {symbols[i].name for i in self._got if symbols[i].shndx == SHN_UNDEF} | set(self._stubs)
+        self._externals = {name: external_address(name) for name in undefined}
+
+        libc, size = _libc(), self.layout.size
+        base = libc.mmap(
+            None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0
+        )
+        if base in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), "mmap for the kernels' code failed")
+        self.base, self.size = base, size
+        try:
+            memory = (ctypes.c_char * size).from_address(base)
+            for i, at in self.layout.place.items():
+                s = sections[i]
+                if s.type != SHT_NOBITS:  # .bss: the mapping is zeroed already
+                    memory[at : at + s.size] = data[s.offset : s.offset + s.size]
+            self._link(memory, relocs)
+            del memory
+            if libc.mprotect(base, self.layout.exec_size, mmap.PROT_READ | mmap.PROT_EXEC) != 0:
+                raise OSError(ctypes.get_errno(), "mprotect of the kernels' code failed")
+        except BaseException:
+            self.close()  # nothing of it is kept
+            raise
+        self._symbols = {
+            s.name: self._symbol_address(i)
+            for i, s in enumerate(symbols)
+            if s.name and s.info >> 4 in (1, 2) and s.shndx in self.layout.place  # global, weak
+        }
+
+    def _imports(self, relocs: list) -> tuple[dict[str, int], dict[int, int]]:
+        """The C functions called (a stub each) and the symbols loaded through the GOT (an entry each)."""
+        symbols = self._symbols_raw
         stubs: dict[str, int] = {}
         got: dict[int, int] = {}
         for _, table in relocs:
-            for _offset, r_info, _addend in struct.iter_unpack("<QQq", table):
+            for _offset, r_info, _addend in table:
                 sym, kind = r_info >> 32, r_info & 0xFFFFFFFF
                 if kind not in (R_64, R_PC32, R_PLT32, R_PC64, *GOT_KINDS):
                     raise ElfUnsupported(f"relocation kind {kind} (symbol {symbols[sym].name!r})")
@@ -140,88 +203,47 @@ class LoadedObject:
                         )
                     if kind == R_PLT32:
                         stubs.setdefault(symbols[sym].name, len(stubs))
-        # Layout: code and constants, then the stubs (read-only, executable); a page further on,
-        # data, bss and the GOT (writable). One mapping: every distance fits PC-relative 32 bits.
-        place: dict[int, int] = {}
-        end = 0
-        for i in loaded:
-            if not sections[i].flags & SHF_WRITE:
-                place[i] = end = _align(end, sections[i].align)
-                end += sections[i].size
-        stub_at = end = _align(end, 16)
-        end += 16 * len(stubs)
-        self._exec_size = _align(max(end, 1), mmap.PAGESIZE)
-        end = self._exec_size
-        for i in loaded:
-            if sections[i].flags & SHF_WRITE:
-                place[i] = end = _align(end, sections[i].align)
-                end += sections[i].size
-        got_at = end = _align(end, 8)
-        end += 8 * len(got)
-        self.size = _align(end, mmap.PAGESIZE)
-        undefined = {symbols[s].name for s in got if symbols[s].shndx == SHN_UNDEF} | set(stubs)
-        externals = {name: external_address(name) for name in undefined}
+        return stubs, got
 
-        libc = _libc()
-        prot_rw = mmap.PROT_READ | mmap.PROT_WRITE
-        base = libc.mmap(None, self.size, prot_rw, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
-        if base in (None, ctypes.c_void_p(-1).value):
-            raise OSError(ctypes.get_errno(), "mmap for the kernels' code failed")
-        self.base = base
-        try:
-            memory = (ctypes.c_char * self.size).from_address(base)
-            for i, at in place.items():
-                s = sections[i]
-                if s.type != SHT_NOBITS:  # .bss: the mapping is zeroed already
-                    memory[at : at + s.size] = data[s.offset : s.offset + s.size]
+    def _symbol_address(self, sym: int) -> int:
+        s = self._symbols_raw[sym]
+        if s.shndx == SHN_UNDEF:
+            return self._externals[s.name]
+        if s.shndx == SHN_ABS:
+            return s.value
+        if s.shndx not in self.layout.place:
+            raise ElfUnsupported(f"symbol {s.name!r} lies in a section that is not loaded")
+        return self.base + self.layout.place[s.shndx] + s.value
 
-            def symbol_address(sym: int) -> int:
-                s = symbols[sym]
-                if s.shndx == SHN_UNDEF:
-                    return externals[s.name]
-                if s.shndx == SHN_ABS:
-                    return s.value
-                if s.shndx not in place:
-                    raise ElfUnsupported(f"symbol {s.name!r} lies in a section that is not loaded")
-                return base + place[s.shndx] + s.value
-
-            for name, k in stubs.items():
-                at = stub_at + 16 * k
-                memory[at : at + 14] = STUB + struct.pack("<Q", externals[name])
-            for sym, k in got.items():
-                struct.pack_into("<Q", memory, got_at + 8 * k, symbol_address(sym))
-            for target, table in relocs:
-                for r_offset, r_info, r_addend in struct.iter_unpack("<QQq", table):
-                    sym, kind = r_info >> 32, r_info & 0xFFFFFFFF
-                    at = place[target] + r_offset
-                    where = base + at
-                    if kind in GOT_KINDS:
-                        value = base + got_at + 8 * got[sym] + r_addend - where
-                    elif kind == R_PLT32 and symbols[sym].shndx == SHN_UNDEF:
-                        value = base + stub_at + 16 * stubs[symbols[sym].name] + r_addend - where
-                    elif kind == R_64:
-                        struct.pack_into("<Q", memory, at, (symbol_address(sym) + r_addend) % (1 << 64))
-                        continue
-                    elif kind == R_PC64:
-                        struct.pack_into("<q", memory, at, symbol_address(sym) + r_addend - where)
-                        continue
-                    else:  # PC32, PLT32 to a symbol of the object
-                        value = symbol_address(sym) + r_addend - where
-                    if not -(1 << 31) <= value < 1 << 31:
-                        raise ElfUnsupported(f"relocation at {at:#x} out of 32-bit range")
-                    struct.pack_into("<i", memory, at, value)
-            del memory
-        except BaseException:
-            self.close()  # nothing of it is kept
-            raise
-        if libc.mprotect(base, self._exec_size, mmap.PROT_READ | mmap.PROT_EXEC) != 0:
-            self.close()
-            raise OSError(ctypes.get_errno(), "mprotect of the kernels' code failed")
-        self._symbols = {
-            s.name: symbol_address(i)
-            for i, s in enumerate(symbols)
-            if s.name and s.info >> 4 in (1, 2) and s.shndx not in (SHN_UNDEF, SHN_ABS) and s.shndx in place
-        }
+    def _link(self, memory: Any, relocs: list) -> None:
+        """Fill the stubs and the GOT, then apply the relocations (x86-64 psABI: S + A - P)."""
+        base, layout, symbols = self.base, self.layout, self._symbols_raw
+        for name, k in self._stubs.items():
+            at = layout.stubs_at + 16 * k
+            memory[at : at + 14] = STUB + struct.pack("<Q", self._externals[name])
+        for sym, k in self._got.items():
+            struct.pack_into("<Q", memory, layout.got_at + 8 * k, self._symbol_address(sym))
+        for target, table in relocs:
+            for r_offset, r_info, addend in table:
+                sym, kind = r_info >> 32, r_info & 0xFFFFFFFF
+                at = layout.place[target] + r_offset
+                where = base + at
+                if kind == R_64:
+                    struct.pack_into("<Q", memory, at, (self._symbol_address(sym) + addend) % (1 << 64))
+                    continue
+                if kind == R_PC64:
+                    struct.pack_into("<q", memory, at, self._symbol_address(sym) + addend - where)
+                    continue
+                if kind in GOT_KINDS:
+                    target_address = base + layout.got_at + 8 * self._got[sym]
+                elif kind == R_PLT32 and symbols[sym].shndx == SHN_UNDEF:
+                    target_address = base + layout.stubs_at + 16 * self._stubs[symbols[sym].name]
+                else:  # PC32, PLT32 to a symbol of the object
+                    target_address = self._symbol_address(sym)
+                value = target_address + addend - where
+                if not -(1 << 31) <= value < 1 << 31:
+                    raise ElfUnsupported(f"relocation at {at:#x} out of 32-bit range")
+                struct.pack_into("<i", memory, at, value)
 
     def address(self, name: str) -> int:
         """Where a global function or variable of the object is (0 if it has none of that name)."""
