@@ -23,8 +23,14 @@ import textwrap
 
 CHILD = textwrap.dedent(
     """
-    import json, resource, sys, time
+    import json, sys, time
     t0 = time.perf_counter()
+
+    def peak_mb():  # VmHWM starts afresh at exec; ru_maxrss would carry this script's parent's
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+
     from llm_deploy.runtime.artifact import load_artifact
     from llm_deploy.runtime.model_runner import ModelRunner
     from llm_deploy.serve.bench import run_once
@@ -69,11 +75,11 @@ CHILD = textwrap.dedent(
         "llvm": sum(m[3] for m in maps if "llvmlite" in m[2]),
     }
     parts["rest"] = sum(m[3] for m in maps) - sum(parts.values())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_mb()
     t4 = time.perf_counter()
     art.tokenizer.encode("hello")
     tokenizer_s = time.perf_counter() - t4
-    tokenizer_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - peak
+    tokenizer_mb = peak_mb() - peak
     print(json.dumps({
         "imports_s": t1 - t0, "load_artifact_s": t2 - t1, "runner_s": t3 - t2, "load_s": t3 - t0,
         "tokenizer_first_use_s": tokenizer_s, "tokenizer_mb": tokenizer_mb,
