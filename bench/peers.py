@@ -102,7 +102,7 @@ OURS = PEAK_RSS + textwrap.dedent(
     from llm_deploy.serve.bench import run_bench
     folder, prompt_len, gen_len, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     artifact = load_artifact(folder, num_threads=threads)
-    runner = ModelRunner(artifact)
+    runner = ModelRunner(artifact, max_tokens=prompt_len + gen_len + 8)  # llama.cpp's n_ctx below
     load = time.perf_counter() - t
     result = run_bench(runner, prompt_len, gen_len, runs=1)
     weight_bytes = sum(p.nbytes for p in artifact.params)  # decode reads them all (the tied head too)
