@@ -101,17 +101,9 @@ RUN = ctypes.CFUNCTYPE(
 
 def _executable_copy(code: bytes) -> int:
     """The address of `code` copied into a fresh page that is then made read-only and executable."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_long,
-    ]
-    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    from llm_deploy.targets.llvm.elf import _libc
+
+    libc = _libc()
     size = -(-len(code) // mmap.PAGESIZE) * mmap.PAGESIZE
     address = libc.mmap(
         None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0
