@@ -177,13 +177,26 @@ def cache_root() -> Path:
     return Path(os.environ.get("LLM_DEPLOY_CACHE", Path.home() / ".cache" / "llm_deploy")) / "artifacts"
 
 
+def code_fingerprint() -> str:
+    """A hash of the package's Python sources and model presets: what a build's output depends on."""
+    import hashlib
+
+    root = Path(__file__).parent
+    h = hashlib.sha256()
+    for f in sorted([*root.rglob("*.py"), *(root.parent / "configs").glob("*.json")]):
+        h.update(str(f.relative_to(root.parent)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def content_key(source: str | os.PathLike, target: str, quantization: str | None) -> str:
-    """A key that changes with the model's bytes, the build settings and our version."""
+    """A key that changes with the model's bytes, the build settings and our code (a cached
+    artifact from an older compiler is never served)."""
     import hashlib
 
     from llm_deploy.models import MODELS
 
-    h = hashlib.sha256(f"{__version__}|{target}|{quantization}".encode())
+    h = hashlib.sha256(f"{__version__}|{target}|{quantization}|{code_fingerprint()}".encode())
     if isinstance(source, str) and source in MODELS:
         preset = MODELS[source]
         h.update(json.dumps(asdict(preset.build), sort_keys=True).encode())
