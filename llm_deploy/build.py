@@ -77,7 +77,7 @@ def build_model(
         stage("writing weights")
         from safetensors.numpy import save_file
 
-        packed = packed_weights(model.weights, mod.attrs["quantization"])
+        packed = packed_weights(model.weights, mod.attrs["quantization"], model.tokenizer)
         names, arrays = list(packed), list(packed.values())
         if names != list(mod["decode"].attrs["params"]):
             raise AssertionError(f"packed weights {names[:4]}... differ from the model's parameters")
@@ -133,17 +133,25 @@ def _source_types(model, quantization: str) -> dict[str, str] | None:
     return {name: model.weights.spec(name).ggml_type.name for name in param_shapes(model.config)}
 
 
-def packed_weights(weights, record) -> dict[str, np.ndarray]:
+def packed_weights(weights, record, tokenizer=None) -> dict[str, np.ndarray]:
     """Every parameter the built model takes, by name, in order: float32 weights as they are,
-    quantized ones packed as the quantize pass recorded (`record`: the module's attribute)."""
+    quantized ones packed as the quantize pass recorded (`record`: the module's attribute).
+    Calibrated formats (q4) choose their codes by AWQ + GPTQ on the calibration text, which needs
+    the `tokenizer` (and may rescale RMSNorm weights); without one they round to nearest."""
     from llm_deploy.models.weights import param_shapes
-    from llm_deploy.quantization import GGMLPacking, pack, pack_ggml, packing_from_key
+    from llm_deploy.quantization import GGMLPacking, get_quantization, pack, pack_ggml, packing_from_key
 
     out: dict[str, np.ndarray] = {}
     plan = record["params"]
+    calibrated = None
+    if tokenizer is not None and get_quantization(record["name"]).calibrated:
+        from llm_deploy.quantization.calibrated import calibrated_weights
+
+        calibrated = calibrated_weights(weights.config, weights, tokenizer, plan)
     for name in param_shapes(weights.config):
         if name not in plan:
-            out[name] = np.ascontiguousarray(weights[name], dtype="float32")
+            changed = calibrated.floats.get(name) if calibrated else None
+            out[name] = np.ascontiguousarray(weights[name] if changed is None else changed, dtype="float32")
             continue
         entry = plan[name]
         packing, shape = packing_from_key(entry["packing"]), tuple(entry["shape"])
@@ -154,6 +162,8 @@ def packed_weights(weights, record) -> dict[str, np.ndarray]:
                     f"weight {name}: the file holds {raw.ggml_type.name}, the build expected {packing.ggml_type}"
                 )
             arrays = pack_ggml(packing, raw.data, shape)
+        elif calibrated and name in calibrated.packed:
+            arrays = calibrated.packed[name]
         else:
             arrays = pack(packing, weights[name])
         for array_name, a in zip(entry["arrays"], arrays.values()):

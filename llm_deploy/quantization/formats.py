@@ -15,6 +15,8 @@ kernels (compiler/ops/lower_quantized.py) read them. One definition, three users
 Group packings follow MLC-LLM: w ~= (q - max_int) * scale with max_int = 2**(bits-1) - 1 and
 q in [0, 2 * max_int], 32 // bits values per uint32 word, value k of a word at bits
 [bits*k, bits*(k+1)). Activations stay float32 on the CPU: the "f16" is the scales' dtype.
+Where MLC-LLM rounds each weight to nearest, the q4 formats here choose codes and scales by AWQ
+scaling + GPTQ on a calibration text (calibrated.py): the same arrays, a smaller output error.
 """
 
 from __future__ import annotations
@@ -174,12 +176,15 @@ class Quantization:
     """A named format: the packing of every matrix weight (None: weights stay as they are).
 
     `per_tensor` formats (gguf) take each weight's packing from its source file instead.
+    `calibrated` formats store the same arrays as plain rounding would, with codes and scales
+    chosen to minimise each layer's output error on a calibration text (AWQ + GPTQ) instead.
     """
 
     name: str
     packing: Packing | None
     per_tensor: bool = False
     doc: str = ""
+    calibrated: bool = False  # codes and scales chosen on a calibration text (calibrated.py)
 
     def packing_of(
         self, weight: str, shape: tuple[int, int], source_type: str | None = None
@@ -199,8 +204,18 @@ QUANTIZATIONS: dict[str, Quantization] = {
     for q in (
         Quantization("q0f32", None, doc="float32 weights"),
         Quantization("q0f16", FloatPacking("float16"), doc="float16 weights"),
-        Quantization("q4f16_1", GroupPacking(4, 32, "float16"), doc="4-bit, groups of 32, float16 scales"),
-        Quantization("q4f32_1", GroupPacking(4, 32, "float32"), doc="4-bit, groups of 32, float32 scales"),
+        Quantization(
+            "q4f16_1",
+            GroupPacking(4, 32, "float16"),
+            doc="4-bit, groups of 32, float16 scales",
+            calibrated=True,
+        ),
+        Quantization(
+            "q4f32_1",
+            GroupPacking(4, 32, "float32"),
+            doc="4-bit, groups of 32, float32 scales",
+            calibrated=True,
+        ),
         Quantization("q8f16_1", GroupPacking(8, 32, "float16"), doc="8-bit, groups of 32, float16 scales"),
         Quantization("gguf", None, per_tensor=True, doc="the GGUF file's own block formats, as they are"),
     )

@@ -60,14 +60,23 @@ def pack(packing: Packing, w: np.ndarray) -> dict[str, np.ndarray]:
         case FloatPacking(dtype):
             out = {"weight": np.ascontiguousarray(w, dtype=dtype)}
         case GroupPacking():
-            q, scale = group_quantize(w, packing)
-            out = {"qweight": pack_bits(q, packing.bits), "scale": scale}
+            return pack_codes(packing, *group_quantize(w, packing))
         case _:
             raise QuantizationError(
                 f"{packing.key} keeps a GGUF file's blocks as they are; it packs raw blocks (pack_ggml), "
                 "not float weights"
             )
     return _checked(packing, out, w.shape)
+
+
+def pack_codes(packing: GroupPacking, q: np.ndarray, scale: np.ndarray) -> dict[str, np.ndarray]:
+    """The arrays of codes in [0, 2 * max_int] (N, K) and scales (N, K / group) chosen elsewhere
+    (round to nearest: `group_quantize`; calibrated: gptq.py)."""
+    packing.check(q.shape)
+    if q.size and int(q.max()) > 2 * packing.max_int:
+        raise QuantizationError(f"{packing.key}: code {int(q.max())} is over {2 * packing.max_int}")
+    arrays = {"qweight": pack_bits(q, packing.bits), "scale": np.asarray(scale).astype(packing.scale_dtype)}
+    return _checked(packing, arrays, q.shape)
 
 
 def pack_ggml(packing: GGMLPacking, data: np.ndarray, shape: tuple[int, int]) -> dict[str, np.ndarray]:

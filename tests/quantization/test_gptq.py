@@ -1,0 +1,178 @@
+"""GPTQ onto the q4 group packings: the same arrays as rounding, a smaller output error.
+
+Checked on small random matrices against round-to-nearest (pack/unpack, the format's numpy
+reference), and end to end on the tiny model: the numpy calibration forward against the built
+model's logits, and calibrated layers against rounded ones on the calibration activations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llm_deploy.quantization import QUANTIZATIONS, pack, unpack
+from llm_deploy.quantization.gptq import SHRINK, dequantize, gptq, inverse_cholesky_upper, refit_scales
+from llm_deploy.quantization.pack import group_quantize, pack_codes
+
+Q4 = ("q4f16_1", "q4f32_1")
+
+
+def inputs(k: int, tokens: int, seed: int) -> np.ndarray:
+    """Activations with correlated channels of unequal size, as a layer's inputs are: the channel
+    mix is fixed, `seed` draws the tokens."""
+    fixed = np.random.default_rng(1234)
+    mix = fixed.standard_normal((k, k)) / np.sqrt(k) + np.eye(k)
+    size = fixed.uniform(0.2, 3.0, k)
+    return ((np.random.default_rng(seed).standard_normal((tokens, k)) @ mix) * size).astype(np.float32)
+
+
+def output_error(x: np.ndarray, w: np.ndarray, wq: np.ndarray) -> float:
+    return float(np.sum((x @ (w - wq).T) ** 2))
+
+
+@pytest.mark.parametrize("k", [64, 100, 200])
+def test_inverse_cholesky_upper(k):
+    rng = np.random.default_rng(k)
+    x = rng.standard_normal((3 * k, k))
+    h = x.T @ x
+    u = inverse_cholesky_upper(h, b=32)
+    assert np.array_equal(u, np.triu(u))
+    np.testing.assert_allclose(
+        u.T @ u, np.linalg.inv(h), rtol=1e-8, atol=1e-10 * np.abs(np.linalg.inv(h)).max()
+    )
+
+
+@pytest.mark.parametrize("fmt", Q4)
+@pytest.mark.parametrize("shrink", [None, SHRINK])
+def test_gptq_output_error_is_below_rounding(fmt, shrink):
+    p = QUANTIZATIONS[fmt].packing
+    rng = np.random.default_rng(0)
+    n, k = 48, 256
+    x = inputs(k, 512, seed=0)
+    w = rng.standard_normal((n, k)).astype(np.float32) * 0.05
+    q, scale = gptq(w, (x.T @ x).astype(np.float64), p, shrink=shrink)
+    arrays = pack_codes(p, q, scale)  # the format's own arrays: spec shapes and dtypes are checked
+    ours = unpack(p, arrays, (n, k))
+    np.testing.assert_array_equal(ours, dequantize(q, scale, p))
+    rounded = unpack(p, pack(p, w), (n, k))
+    e_gptq, e_rtn = output_error(x, w, ours), output_error(x, w, rounded)
+    print(f"{fmt} shrink={shrink is not None}: output error gptq {e_gptq:.4g}, round to nearest {e_rtn:.4g}")
+    assert e_gptq < 0.9 * e_rtn
+    held_out = inputs(k, 512, seed=1)  # inputs it was not fitted to, from the same distribution
+    assert output_error(held_out, w, ours) < output_error(held_out, w, rounded)
+    # the codes fixed, least-squares scales fit the calibration inputs at least as well
+    refit = dequantize(q, refit_scales(w, (x.T @ x).astype(np.float64), q, p), p)
+    assert output_error(x, w, refit) <= e_gptq * (1 + 1e-3)
+
+
+@pytest.mark.parametrize("fmt", Q4)
+def test_gptq_with_uncorrelated_equal_inputs_is_rounding(fmt):
+    """H = c I: no column's error can be cancelled by another, so GPTQ rounds to nearest."""
+    p = QUANTIZATIONS[fmt].packing
+    w = np.random.default_rng(1).standard_normal((16, 128)).astype(np.float32)
+    q, scale = gptq(w, 3.0 * np.eye(128), p)
+    q_rtn, scale_rtn = group_quantize(w, p)
+    np.testing.assert_array_equal(scale, scale_rtn)
+    assert (q == q_rtn).mean() > 0.999  # ties may round either way in float64 against float32
+
+
+def test_gptq_rejects_a_hessian_of_the_wrong_size():
+    p = QUANTIZATIONS["q4f16_1"].packing
+    with pytest.raises(ValueError, match=r"H is \(32, 32\), the weight \(4, 64\) needs \(64, 64\)"):
+        gptq(np.zeros((4, 64), np.float32), np.eye(32), p)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from llm_deploy.models import load_model
+
+    m = load_model("llama-tiny")
+    return m, {n: np.asarray(m.weights[n], np.float32) for n in m.weights}
+
+
+def logits(config, weights, ids) -> np.ndarray:
+    from llm_deploy.quantization.calibrate import Forward
+
+    f = Forward(config, weights, len(ids))
+    x = f.embed(np.asarray(ids)[None])
+    for i in range(config.num_hidden_layers):
+        x = f.block(i, x)
+    return f.final_norm(x)[0] @ weights["lm_head"].T
+
+
+def test_the_calibration_forward_is_the_model(tiny, tiny_runner_factory):
+    """The numpy forward that calibration runs computes what the built model computes."""
+    (config, _, _), w = tiny
+    ids = list(range(3, 90))
+    runner = tiny_runner_factory()
+    runner.add_sequence(0)
+    want = runner.score(0, ids)
+    np.testing.assert_allclose(logits(config, w, ids), want, atol=1e-4 * np.ptp(want))
+
+
+def test_a_calibrated_tiny_model_is_closer_to_float_than_a_rounded_one(tiny):
+    from pathlib import Path
+
+    from llm_deploy.quantization.calibrate import calibration_ids
+    from llm_deploy.quantization.calibrated import calibrate_model
+
+    (config, weights, tokenizer), w = tiny
+    p = QUANTIZATIONS["q4f16_1"].packing
+    names = {n for n, a in w.items() if a.ndim == 2}
+    codes, floats = calibrate_model(config, weights, calibration_ids(tokenizer), p, names)
+    assert set(codes) == names - {"embed_tokens"}  # untied: read by take only, rounded
+    calibrated = {n: dequantize(*codes[n], p) if n in codes else floats.get(n, a) for n, a in w.items()}
+    assert set(floats) == {n for n in w if "norm" in n and n != "norm"}  # AWQ folded into each block norm
+    calibrated["embed_tokens"] = unpack(p, pack(p, w["embed_tokens"]), w["embed_tokens"].shape)
+    rounded = {n: unpack(p, pack(p, a), a.shape) if n in names else a for n, a in w.items()}
+    held_out = tokenizer.encode((Path(__file__).parent.parent / "data" / "perplexity_text.txt").read_text())
+    for ids in (calibration_ids(tokenizer)[:256], held_out[:256]):
+        ref = logits(config, w, ids)
+        e_cal = np.mean((logits(config, calibrated, ids) - ref) ** 2)
+        e_rtn = np.mean((logits(config, rounded, ids) - ref) ** 2)
+        print(f"logit error: calibrated {e_cal:.4g}, rounded {e_rtn:.4g}")
+        assert e_cal < e_rtn
+
+
+def test_awq_scaling_keeps_the_float_model(tiny):
+    """AWQ's factors are folded into the norms and into v's and up's rows: without rounding, the
+    model computes what it did (and the factors are not all ones, or this shows nothing)."""
+    from llm_deploy.quantization.calibrate import awq_balance, calibrate, calibration_ids
+
+    (config, _, tokenizer), w = tiny
+    work = dict(w)
+    balance = awq_balance(config, work, QUANTIZATIONS["q4f16_1"].packing)
+    calibrate(config, work, calibration_ids(tokenizer, 1024), lambda names, wg, x: wg, balance=balance)
+    for kind in ("input_norm", "v_proj", "o_proj", "up_proj", "post_attention_norm"):
+        names = [f"layers.{i}.{kind}" for i in range(config.num_hidden_layers)]
+        assert any(not np.allclose(work[n], w[n]) for n in names), f"no {kind} was rescaled"
+    ids = list(range(3, 120))
+    ref = logits(config, w, ids)
+    np.testing.assert_allclose(logits(config, work, ids), ref, atol=1e-4 * np.ptp(ref))
+
+
+def test_calibrated_weights_are_the_formats_arrays_and_cached(tiny, tmp_path, monkeypatch):
+    """What the build stores: for every linear weight the arrays `pack` would give (names, shapes,
+    dtypes), computed once; a second build reads them from the cache."""
+    from llm_deploy.compiler.passes.quantize import quantize
+    from llm_deploy.models.llama import build_llama
+    from llm_deploy.quantization import calibrated
+
+    monkeypatch.setenv("LLM_DEPLOY_CACHE", str(tmp_path))
+    (config, weights, tokenizer), w = tiny
+    plan = quantize(build_llama(config), "q4f16_1").attrs["quantization"]["params"]
+    first = calibrated.calibrated_weights(config, weights, tokenizer, plan)
+    assert set(first.packed) == set(plan) - {"embed_tokens"}
+    p = QUANTIZATIONS["q4f16_1"].packing
+    for name, arrays in first.packed.items():
+        assert {k: (a.shape, a.dtype) for k, a in arrays.items()} == {
+            k: (a.shape, a.dtype) for k, a in pack(p, w[name]).items()
+        }
+    assert len(list((tmp_path / "calibration").glob("*.npz"))) == 1
+    monkeypatch.setattr(calibrated, "calibrate_model", None)  # a second run must not calibrate
+    second = calibrated.calibrated_weights(config, weights, tokenizer, plan)
+    for name, arrays in first.packed.items():
+        for k, a in arrays.items():
+            np.testing.assert_array_equal(second.packed[name][k], a)
+    assert all(np.array_equal(second.floats[n], a) for n, a in first.floats.items())
+    assert set(second.floats) == set(first.floats)
