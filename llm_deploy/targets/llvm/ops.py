@@ -234,7 +234,8 @@ class Ops:
             case "rsqrt":
                 return b.fdiv(one, self.intrinsic("sqrt", x), flags=self.fm)
             case "sigmoid":
-                e = self.intrinsic("exp", b.fneg(x, flags=self.fm))
+                neg = b.fneg(x, flags=self.fm)
+                e = self.exp_f32(neg) if d.bits == 32 else self.intrinsic("exp", neg)
                 return b.fdiv(one, b.fadd(one, e, flags=self.fm), flags=self.fm)
             case "erf":
                 return self.libm("erf", x)
