@@ -446,7 +446,10 @@ class BuildOptions:
             self.context_window % self.kv_page_size == 0,
             f"context_window ({self.context_window}) must be a multiple of kv_page_size ({self.kv_page_size})",
         )
-        _require(isinstance(self.int_dot, bool), f"build option int_dot must be true or false, got {self.int_dot!r}")
+        _require(
+            isinstance(self.int_dot, bool),
+            f"build option int_dot must be true or false, got {self.int_dot!r}",
+        )
         _require(self.kv_dtype in KV_DTYPES, f"kv_dtype {self.kv_dtype!r} is not one of {KV_DTYPES}")
         _require(
             self.quantization in QUANTIZATION_NAMES,

@@ -107,7 +107,9 @@ def int_dot_func(
             T.seq(
                 T.Store(acc, (0,), T.Imm(0.0, F32)),
                 T.For(
-                    b, nb, T.seq(T.Store(isum, (0,), T.Imm(0, I32)), block_sum, T.Store(acc, (0,), acc[0] + term))
+                    b,
+                    nb,
+                    T.seq(T.Store(isum, (0,), T.Imm(0, I32)), block_sum, T.Store(acc, (0,), acc[0] + term)),
                 ),
                 T.Store(Out, (i, j), acc[0]),
             ),
