@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -187,6 +188,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("LLM_DEPLOY_CACHE", Path.home() / ".cache" / "llm_deploy")) / "artifacts"
 
 
+@functools.cache
 def code_fingerprint() -> str:
     """A hash of the package's Python sources and model presets: what a build's output depends on."""
     import hashlib

@@ -22,6 +22,12 @@ BLOCK = 32
 INT_DOT_TYPES = ("Q4_0", "Q4_1", "Q8_0")
 
 
+def int_dot_type(packing_key: str) -> str | None:
+    """The GGML type of a packing key ("ggml:Q4_1") when it has an integer kernel, else None."""
+    kind, _, ggml_type = str(packing_key).partition(":")
+    return ggml_type if kind == "ggml" and ggml_type in INT_DOT_TYPES else None
+
+
 def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(q int32 (rows, K), d float32 (rows, K/32), s = d * sum(q) float32 (rows, K/32))."""
     rows, k = x.shape

@@ -88,10 +88,9 @@ def _infer_dequantize_linear(call: Call, infos: list[StructInfo], ctx: InferCont
 @register_op("int_dot_linear", attrs=dict(_ATTRS))
 def _infer_int_dot_linear(call: Call, infos: list[StructInfo], ctx: InferContext) -> StructInfo:
     """dequantize_linear's shapes; only GGUF blocks with an integer kernel, float32 input."""
-    from llm_deploy.quantization.int_dot import INT_DOT_TYPES
+    from llm_deploy.quantization.int_dot import INT_DOT_TYPES, int_dot_type
 
-    kind, _, ggml_type = str(call.attrs["packing"]).partition(":")
-    if kind != "ggml" or ggml_type not in INT_DOT_TYPES:
+    if int_dot_type(call.attrs["packing"]) is None:
         raise ShapeError(
             f"int_dot_linear: packing {call.attrs['packing']} has no integer kernel; "
             f"supported: {', '.join('ggml:' + t for t in INT_DOT_TYPES)}"

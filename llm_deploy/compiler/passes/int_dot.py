@@ -37,7 +37,7 @@ from llm_deploy.compiler.ops.lower_int_dot import int_dot_func
 from llm_deploy.compiler.ops.quantized import int_dot_linear
 from llm_deploy.compiler.struct_info import TensorInfo, TupleInfo
 from llm_deploy.compiler.tir import PrimFunc
-from llm_deploy.quantization.int_dot import INT_DOT_TYPES
+from llm_deploy.quantization.int_dot import int_dot_type
 
 DEFAULT_FUNCTIONS = ("decode",)
 
@@ -76,10 +76,9 @@ class _Rewrite(ExprMutator):
 
 
 def _integer_kernel(call: Call) -> bool:
-    kind, _, ggml_type = str(call.attrs["packing"]).partition(":")
     x = info_of(call.args[0])
     return (
-        kind == "ggml" and ggml_type in INT_DOT_TYPES and isinstance(x, TensorInfo) and x.dtype == "float32"
+        int_dot_type(call.attrs["packing"]) is not None and isinstance(x, TensorInfo) and x.dtype == "float32"
     )
 
 

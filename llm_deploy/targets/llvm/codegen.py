@@ -142,7 +142,7 @@ def _call_microkernel(state: ModuleState, em: FunctionEmitter, name: str, f: T.P
     per_part = len(microkernels.arrays_of(ggml_type)) + 1 if ggml_type in microkernels.TYPES else 0
     if kind != "q8dot" or not per_part or (len(bufs) - 1) % per_part:
         raise CodegenError(f"kernel {name}: no microkernel {f.attrs['microkernel']!r} for these buffers")
-    x, outs = bufs[0], bufs[len(bufs) - (len(bufs) - 1) // per_part :]
+    x, outs = bufs[0], bufs[-((len(bufs) - 1) // per_part) :]  # one output per weight, last
     parts = tuple(int(o.shape[1].value) for o in outs)  # type: ignore[union-attr]
     symbol = microkernels.symbol(name)
     state.microkernels[symbol] = (ggml_type, parts, int(x.shape[1].value))  # type: ignore[union-attr]
