@@ -1,20 +1,25 @@
-"""Where a decode step's kernel time goes: every kernel timed one by one, summed by kernel family.
+"""Where a decode step's kernel time goes: the step's own launch list replayed natively, whole and
+one kernel family at a time.
 
-    python bench/kernel_times.py                         # default model, 2 threads
-    python bench/kernel_times.py --artifact dist/x --threads 1 --context 128 --steps 10
+    python bench/kernel_times.py                         # default model, 2 threads, context 192
+    python bench/kernel_times.py --artifact dist/x --threads 1 --context 512
 
-Runs the VM's instruction path (the low-overhead step off) with each kernel wrapped in a timer,
-so small kernels carry a microsecond or two of Python each; the large ones (products, attention)
-read true. Prints the step, the time inside kernels, and the families by total time.
+The fast step (runtime/plan.py) turns a decode step into one native loop over checked launches.
+This script builds that plan for a real step, then times the loop over all its launches and over
+each family's launches alone (same buffers, same weights, no Python between kernels), median of
+--repeat runs. Kernels of one family run back to back, so their weights compete for the caches as
+they do in the step; the families' sum comes out a little under the whole step.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import os
 import re
+import statistics
 import time
+
+import numpy as np
 
 
 def main() -> None:
@@ -23,57 +28,70 @@ def main() -> None:
     )
     parser.add_argument("--artifact", help="default: the default model, built once into the cache")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--context", type=int, default=128, help="prompt tokens before the decode steps")
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--context", type=int, default=192, help="tokens in the cache before the step")
+    parser.add_argument("--repeat", type=int, default=50)
     args = parser.parse_args()
-    os.environ["LLMD_FAST_STEP"] = "0"
 
     from llm_deploy.build import ensure_artifact
+    from llm_deploy.runtime import plan as planning
     from llm_deploy.runtime.artifact import load_artifact
     from llm_deploy.runtime.model_runner import ModelRunner
-    from llm_deploy.runtime.vm import VirtualMachine
 
     artifact = load_artifact(
         args.artifact or ensure_artifact("llama", progress=False), num_threads=args.threads
     )
-    runner = ModelRunner(artifact)
-    times: collections.Counter = collections.Counter()
-    calls: collections.Counter = collections.Counter()
-
-    def timed(name, kernel):
-        def call(*a):
-            t = time.perf_counter()
-            kernel(*a)
-            times[name] += time.perf_counter() - t
-            calls[name] += 1
-
-        return call
-
-    module = artifact.executable.kernels
-    kernels = {name: timed(name, module[name]) for name in module.kernels}
-    vm = VirtualMachine(
-        artifact.executable.program, kernels, runner.vm.externs, artifact.executable.constants
-    )
-    runner._decode = vm["decode"]
+    runner = ModelRunner(artifact, max_tokens=args.context + 16)
     runner.add_sequence(0)
-    runner.prefill([0], [list(range(100, 100 + args.context))])
-    for _ in range(3):
-        runner.decode([0], [5])
-    times.clear()
-    calls.clear()
-    t = time.perf_counter()
-    for _ in range(args.steps):
-        runner.decode([0], [5])
-    step = (time.perf_counter() - t) / args.steps
-    inside = sum(times.values()) / args.steps
+    runner.prefill([0], [list(range(100, 100 + args.context - 1))])
+    decode = runner._decode
+    if not isinstance(decode, planning.PlannedFunction):
+        raise SystemExit("this artifact's decode has no fast step (LLMD_FAST_STEP=0?)")
+
+    # One step's arguments, as ModelRunner.decode makes them, kept alive while the plan replays.
+    ids = runner.device.from_host(np.asarray([5], np.int32))
+    runner.cache.begin_forward([0], [1])
+    step_args = (ids, runner.cache, *runner.params)
+    decode(*step_args)  # builds (or finds) the plan
+    leaves = decode._leaves(step_args)
+    plan = decode.plans[tuple(map(planning._leaf_key, leaves))]
+    allocs = [runner.device.alloc(shape, dtype) for shape, dtype in plan.allocs]
+    plan.objs[:] = [*map(id, leaves), *map(id, allocs)]
+    run, data_offset = decode.runner
+
+    family = {
+        artifact.executable.kernels[n].address: re.sub(r"\d+$", "", n)
+        for n in artifact.executable.kernels.kernels
+    }
+    launches = []  # (family, the launch's words in the loop's code)
+    for segment in plan.segments:
+        if segment[0] != "native":
+            continue
+        code, at = segment[1], 0
+        for _ in range(segment[2]):
+            words = 3 + int(code[at + 1]) + int(code[at + 2])
+            launches.append((family[int(code[at])], code[at : at + words]))
+            at += words
+
+    def median_ms(chosen: list) -> float:
+        code = np.concatenate([words for _, words in chosen])
+        times = []
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            run(code.ctypes.data, len(chosen), plan.objs_address, data_offset, plan.bufs_address)
+            times.append(time.perf_counter() - t)
+        return statistics.median(times) * 1e3
+
+    whole = median_ms(launches)
+    runner.cache.end_forward()
+    counts = collections.Counter(f for f, _ in launches)
     print(
-        f"decode step {step * 1e3:.2f} ms, in kernels {inside * 1e3:.2f} ms, {sum(calls.values()) // args.steps} calls"
+        f"decode step at context {args.context}, {args.threads} threads: {len(launches)} launches, {whole:.3f} ms"
     )
-    families: collections.Counter = collections.Counter()
-    for name, total in times.items():
-        families[re.sub(r"\d+$", "", name)] += total / args.steps  # add1, add2 -> add
-    for name, total in families.most_common():
-        print(f"  {name:48} {total * 1e3:7.3f} ms")
+    rows = [(name, median_ms([x for x in launches if x[0] == name])) for name in counts]
+    for name, ms in sorted(rows, key=lambda r: -r[1]):
+        print(
+            f"  {name:44} x{counts[name]:<4} {ms:7.3f} ms  {ms / counts[name] * 1e3:8.1f} us/launch  {ms / whole:6.1%}"
+        )
 
 
 if __name__ == "__main__":

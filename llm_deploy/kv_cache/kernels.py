@@ -16,11 +16,11 @@ begin_forward prepared, then reads it) and cost one launch per layer; phase 2 st
 append of phase 1, so a token sees the other new tokens of its sequence.
 
 Attention runs per (token, kv head): the group of query heads that share a kv head reads each
-key once. Keys go in blocks of BLOCK with an online softmax in float32 (running max `m`, running
-sum `l`, output accumulator rescaled per block), so memory per task is constant whatever the
-context length. A token's result depends only on its own sequence's keys, visited in the same
-order whatever else is in the batch and however its prompt was chunked: batch and chunk
-invariant, bit for bit.
+key once. Keys go page by page (the page table is read once per page) and within a page in blocks
+of at most BLOCK, with an online softmax in float32 (running max `m`, running sum `l`, output
+accumulator rescaled per block), so memory per task is constant whatever the context length. A
+token's result depends only on its own sequence's keys, visited in the same order whatever else
+is in the batch and however its prompt was chunked: batch and chunk invariant, bit for bit.
 
 The schedule is written here (the default CPU rules leave a program with parallel or vectorized
 loops as it is): tokens (x kv heads) in parallel, head_dim vectorized, the q.k dot product in
@@ -52,10 +52,11 @@ def _lanes(head_dim: int) -> int:
 
 
 def _tree_sum(values: list[T.Value]) -> T.Value:
+    """Sum by halves (lane i + lane i + n/2, ...): each level is one vector add of the halves, so
+    the partial sums of a dot product fold in ~2 log2(n) vector instructions, not n scalar adds."""
     while len(values) > 1:
-        values = [
-            values[i] + values[i + 1] if i + 1 < len(values) else values[i] for i in range(0, len(values), 2)
-        ]
+        half = len(values) // 2
+        values = [values[i] + values[i + half] for i in range(half)] + values[2 * half :]
     return values[0]
 
 
@@ -131,7 +132,7 @@ def _attention(b: _Buffers) -> T.Stmt:
     page_size = b.k_pool.shape[1]
     H, KV, D = num_heads.value, kv.value, d.value  # type: ignore[attr-defined]
     G, W = H // KV, _lanes(D)
-    tg, h, e, w, eo, o, jb = (SymVar(x) for x in ("tg", "h", "e", "w", "eo", "o", "jb"))
+    tg, h, e, w, eo, o, pg, sb = (SymVar(x) for x in ("tg", "h", "e", "w", "eo", "o", "pg", "sb"))
     seq, length, base, page = (SymVar(x) for x in ("seq", "length", "base", "page"))
     t, g = S.floordiv(tg, KV), S.floormod(tg, KV)
     head = g * G + h  # query head h of kv head g's group
@@ -147,14 +148,14 @@ def _attention(b: _Buffers) -> T.Stmt:
 
     lowest = Imm(float(np.finfo(np.float32).min), F32)
     inv_sqrt_d = Imm(1.0 / math.sqrt(D), F32)
-    key = jb * BLOCK + o  # position of the block's o-th key in its sequence
-    count = S.minimum(BLOCK, length - jb * BLOCK)  # keys in block jb
-
-    def through_page_table(body: T.Stmt) -> T.Stmt:
-        return T.Let(page, b.page_indices[base + S.floordiv(key, page_size)], body)
+    # Keys go page by page (one page-table read per page, none per key), and within a page in
+    # blocks of BLOCK: key pg * page_size + sb * BLOCK + o sits at row sb * BLOCK + o of `page`.
+    span = S.minimum(page_size, length - pg * page_size)  # keys in page pg
+    count = S.minimum(BLOCK, span - sb * BLOCK)  # keys in block sb of the page
+    row = sb * BLOCK + o
 
     def pool(buf: Buffer, lane: S.PrimExpr) -> T.Value:
-        return cast(F32, buf[page, S.floormod(key, page_size), g, lane])
+        return cast(F32, buf[page, row, g, lane])
 
     init = T.For(
         h,
@@ -176,7 +177,7 @@ def _attention(b: _Buffers) -> T.Stmt:
         ), "vectorized")),
         T.Store(sc, (h, o), _tree_sum([part[i] for i in range(W)])),
     )  # fmt: skip
-    scores = T.For(o, count, through_page_table(T.For(h, G, dot)))
+    scores = T.For(o, count, T.For(h, G, dot))
 
     softmax = T.For(h, G, T.seq(
         T.Store(m_new, (0,), m[h]),
@@ -189,16 +190,22 @@ def _attention(b: _Buffers) -> T.Stmt:
         T.Store(m, (h,), m_new[0]),
     ))  # fmt: skip
 
-    weighted = T.For(o, count, through_page_table(T.For(h, G, T.For(
+    # head outermost: a head's accumulator row stays in registers across the block's keys
+    weighted = T.For(h, G, T.For(o, count, T.For(
         e, D, T.Store(acc, (h, e), acc[h, e] + sc[h, o] * pool(b.v_pool, e)), "vectorized"
-    ))))  # fmt: skip
+    )))  # fmt: skip
 
-    blocks = T.For(jb, S.floordiv(length + (BLOCK - 1), BLOCK), T.seq(scores, softmax, weighted))
+    blocks = T.For(sb, S.floordiv(span + (BLOCK - 1), BLOCK), T.seq(scores, softmax, weighted))
+    pages = T.For(
+        pg,
+        S.floordiv(length + (page_size - 1), page_size),
+        T.Let(page, b.page_indices[base + pg], blocks),
+    )
     finish = T.For(h, G, T.For(
         e, D, T.Store(b.out, (t, head, e), cast(b.out.dtype, acc[h, e] / l[h])), "vectorized"
     ))  # fmt: skip
 
-    body: T.Stmt = T.seq(init, blocks, finish)
+    body: T.Stmt = T.seq(init, pages, finish)
     for buf in (scale, m_new, part, sc, l, m, acc, qs):
         body = T.Allocate(buf, body)
     body = T.Let(

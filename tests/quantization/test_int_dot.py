@@ -32,6 +32,7 @@ from tests.quantization.blocks import ggml_rows, gguf_dequantize
 
 TYPES = ("Q4_0", "Q4_1", "Q8_0")
 N, K = 22, 320  # 10 blocks per row: a group of 8 scales as vectors, 2 as scalars
+K_ODD = 352  # 11 blocks: 4-bit rows go in pairs of blocks, the last one alone
 ROWS = (1, 2, 5)
 
 
@@ -67,15 +68,15 @@ def test_reference_is_close_to_the_exact_product(ggml_type):
     assert not np.array_equal(got, exact)
 
 
-def _module(ggml_type: str, fn=int_dot_linear):
+def _module(ggml_type: str, fn=int_dot_linear, k: int = K):
     n = var("n")
-    specs = GGMLPacking(ggml_type).arrays((N, K))
-    x = Var("x", SI.tensor((n, K), "float32"))
+    specs = GGMLPacking(ggml_type).arrays((N, k))
+    x = Var("x", SI.tensor((n, k), "float32"))
     arrays = [Var(f"w_{s.suffix}", SI.tensor(s.shape, s.dtype)) for s in specs]
     bb = BlockBuilder()
     with bb.function("decode", [x, *arrays], attrs={"bounds": {"n": (1, 64)}}):
         with bb.dataflow():
-            y = bb.emit_output(fn(x, arrays, f"ggml:{ggml_type}", (N, K)))
+            y = bb.emit_output(fn(x, arrays, f"ggml:{ggml_type}", (N, k)))
         bb.emit_func_output(y)
     return bb.get()
 
@@ -102,24 +103,27 @@ def compiled():
     kernels = {}
     mods = {}
     for t in TYPES:
-        mods[t] = legalize(_module(t))
-        kernels.update({f"{t}__{k}": f for k, f in mods[t].items() if isinstance(f, tir.PrimFunc)})
+        for k in (K, K_ODD):
+            mods[t, k] = legalize(_module(t, k=k))
+            funcs = mods[t, k].items()
+            kernels.update({f"{t}_{k}__{name}": f for name, f in funcs if isinstance(f, tir.PrimFunc)})
     portable = LLVMOptions(features=",".join(f for f in host().features.split(",") if "avx2" not in f))
     return mods, {"host": codegen(kernels, LLVMOptions()), "portable": codegen(kernels, portable)}
 
 
 @pytest.mark.parametrize("ggml_type", TYPES)
 @pytest.mark.parametrize("path", ["host", "portable"])
-def test_microkernel_matches_the_reference(ggml_type, path, compiled):
+@pytest.mark.parametrize("k", [K, K_ODD])
+def test_microkernel_matches_the_reference(ggml_type, path, k, compiled):
     mods, modules = compiled
     km = modules[path]
-    mod = mods[ggml_type]
+    mod = mods[ggml_type, k]
     program, constants = lower_to_vm(mod)
-    mine = {k: km[f"{ggml_type}__{k}"] for k, f in mod.items() if isinstance(f, tir.PrimFunc)}
+    mine = {name: km[f"{ggml_type}_{k}__{name}"] for name, f in mod.items() if isinstance(f, tir.PrimFunc)}
     vm = VirtualMachine(json.loads(json.dumps(program)), mine, {}, constants)
-    arrays, _ = _case(ggml_type)
+    arrays, _ = _case(ggml_type, k=k)
     for rows in ROWS:
-        x = _x(rows, seed=rows)
+        x = _x(rows, k=k, seed=rows)
         want = reference(x, ggml_type, arrays)
         got = vm["decode"](x, *arrays.values())
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6 * np.abs(want).max())

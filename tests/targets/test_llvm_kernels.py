@@ -55,3 +55,24 @@ def test_exp_is_within_one_ulp_over_the_whole_float32_range(llvm_module):
     assert ulps.max() <= 1.5
     subnormal = (exact <= np.finfo(np.float32).tiny) & np.isfinite(x)
     assert np.abs(out[subnormal] - exact[subnormal]).max() <= 2 * np.finfo(np.float32).smallest_subnormal
+
+
+@pytest.mark.parametrize("name", ["cos", "sin"])
+def test_sin_and_cos_are_within_two_ulp_far_from_zero(llvm_module, name):
+    """sin and cos are inlined (argument reduced in float64, Cephes' polynomials) rather than a
+    libm call per lane; rotary embeddings take them of position x frequency, up to ~1e5 radians
+    at long contexts, so the reduction must hold far from zero. inf and nan give nan."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([
+        np.linspace(-10, 10, 100_003, dtype=np.float32),
+        (rng.standard_normal(100_000) * 10.0 ** rng.uniform(0, 6, 100_000)).astype(np.float32),
+        np.float32([0.0, -0.0, np.pi / 2, 8191.0 * 1.0, 131071.0 * 0.5]),
+    ])  # fmt: skip
+    out = np.zeros_like(x)
+    llvm_module[f"intrin_{name}_float32"](x, out)
+    exact = getattr(np, name)(x.astype(np.float64))
+    assert np.abs(out - exact).max() <= 2 * np.spacing(np.float32(0.5))  # 2 ulp of results in [0.5, 1)
+    specials = np.float32([np.inf, -np.inf, np.nan])
+    out = np.zeros_like(specials)
+    llvm_module[f"intrin_{name}_float32"](specials, out)
+    assert np.isnan(out).all()

@@ -227,6 +227,8 @@ class Ops:
         match name:
             case "exp" if d.bits == 32:
                 return self.exp_f32(x)
+            case "cos" | "sin" if d.bits == 32:
+                return self.sincos_f32(name, x)
             case "exp" | "log" | "sqrt" | "floor" | "ceil" | "cos" | "sin" | "tanh":
                 return self.intrinsic(name, x)
             case "round":
@@ -272,6 +274,49 @@ class Ops:
             bits = b.shl(b.add(half, const(i32, 127, lanes)), const(i32, 23, lanes))
             y = b.fmul(y, b.bitcast(bits, x.type), flags=fm)
         return b.select(b.fcmp_unordered("uno", x, x), x, y)
+
+    def sincos_f32(self, name: str, x: ir.Value) -> ir.Value:
+        """sin or cos in float32 without libm, so vectors stay vectors (rotary embeddings take one
+        per lane; llvm.cos.v8f32 becomes eight cosf calls): Cephes' sinf/cosf polynomials on
+        [-pi/4, pi/4], within 2 ulp.
+
+        The argument is reduced in float64, x = k pi/2 + r with pi/2 in two parts and fused
+        multiply-adds, so r keeps float32's precision for |x| up to ~1e9 (positions times
+        frequencies stay far below). sin x is +-sin r or +-cos r by k mod 4; cos x = sin(x + pi/2)
+        takes k + 1. inf and nan give nan, as libm does.
+        """
+        b, fm, lanes = self.b, self.fm, lanes_of(x)
+        f32, f64, i64 = dtype("float32"), dtype("float64"), dtype("int64")
+
+        def c(v: float, d: DType = f32) -> ir.Value:
+            return const(d, v, lanes)
+
+        xd = self.cast(f32, f64, x)
+        k = self.intrinsic("roundeven", b.fmul(xd, c(0.63661977236758134308, f64)))
+        r = self.intrinsic("fma", b.fneg(k), c(1.5707963267948966, f64), xd)
+        r = self.cast(f64, f32, self.intrinsic("fma", b.fneg(k), c(6.123233995736766e-17, f64), r))
+        quadrant = self.cast(f64, i64, k)
+        if name == "cos":
+            quadrant = b.add(quadrant, const(i64, 1, lanes))
+        z = b.fmul(r, r, flags=fm)
+        sin_r = c(-1.9515295891e-4)
+        for coeff in (8.3321608736e-3, -1.6666654611e-1):
+            sin_r = b.fadd(b.fmul(sin_r, z, flags=fm), c(coeff), flags=fm)
+        sin_r = b.fadd(b.fmul(b.fmul(sin_r, z, flags=fm), r, flags=fm), r, flags=fm)
+        cos_r = c(2.443315711809948e-5)
+        for coeff in (-1.388731625493765e-3, 4.166664568298827e-2):
+            cos_r = b.fadd(b.fmul(cos_r, z, flags=fm), c(coeff), flags=fm)
+        cos_r = b.fadd(
+            b.fmul(b.fmul(cos_r, z, flags=fm), z, flags=fm),
+            b.fsub(c(1.0), b.fmul(z, c(0.5), flags=fm), flags=fm),
+            flags=fm,
+        )
+        odd = b.icmp_signed("!=", b.and_(quadrant, const(i64, 1, lanes)), const(i64, 0, lanes))
+        negate = b.icmp_signed("!=", b.and_(quadrant, const(i64, 2, lanes)), const(i64, 0, lanes))
+        y = b.select(odd, cos_r, sin_r)
+        y = b.select(negate, b.fneg(y), y)
+        finite = b.fcmp_ordered("ord", b.fsub(x, x), b.fsub(x, x))  # false for inf and nan
+        return b.select(finite, y, b.fsub(x, x))
 
     def _int_intrin(self, name: str, d: DType, x: ir.Value) -> ir.Value:
         match name:
