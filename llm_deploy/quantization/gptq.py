@@ -12,8 +12,9 @@ Cholesky factor of H^-1, so later columns absorb what earlier ones lost:
 A group's scale is set when its first column is reached, from the group's weights as updated so
 far (max|w| / max_int, or the fraction of it in SHRINK that rounds the group best; rounded to the
 scale's storage dtype so the codes fit what the kernel reads). `refit_scales` can refit them by
-least squares once all codes are fixed. Columns go in order (no act-order), so groups stay contiguous along K as the format
-requires. Updates are applied lazily in blocks of columns (the paper's "lazy batch" form).
+least squares once all codes are fixed. Columns go in order, or by decreasing H diagonal with every
+group's scale set up front (act-order with static groups), so groups stay contiguous along K as
+the format requires. Updates are applied lazily in blocks of columns (the paper's "lazy batch" form).
 """
 
 from __future__ import annotations
@@ -102,9 +103,14 @@ def gptq(
     damp: float = 0.01,
     block: int = 128,
     shrink: np.ndarray | None = None,
+    act_order: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Codes in [0, 2 * max_int] (N, K) and scales (N, K / group) of `w` (N, K) for inputs with
     X^T X = `h` (K, K). `damp` adds that fraction of the mean diagonal to H (it is often singular).
+
+    `act_order` visits the columns by decreasing H diagonal (the inputs with the most energy
+    first, while the most columns are left to absorb their error) with "static groups": every
+    group's scale is set up front from the float weights, so groups stay contiguous along K.
     """
     n, k = w.shape
     gs = p.group_size
@@ -117,11 +123,16 @@ def gptq(
     dead = np.diag(h) == 0  # inputs that never fire: their weights cannot matter
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
+    scales = np.zeros((n, k // gs), p.scale_dtype)
+    order = np.arange(k)
+    if act_order:
+        scales = np.stack([_group_scale(w[:, g : g + gs], p, shrink) for g in range(0, k, gs)], axis=1)
+        order = np.argsort(-np.diag(h), kind="stable")
+        w, h = w[:, order], h[order][:, order]
     h[np.diag_indices(k)] += damp * np.mean(np.diag(h))
     u = inverse_cholesky_upper(h)  # (K, K)
 
-    codes = np.zeros((n, k), np.float64)
-    scales = np.zeros((n, k // gs), p.scale_dtype)
+    codes = np.zeros((n, k), np.float64)  # in visiting order
     for b0 in range(0, k, block):
         b1 = min(b0 + block, k)
         wb = w[:, b0:b1].copy()  # (N, B): this block, updated column by column
@@ -129,16 +140,17 @@ def gptq(
         ub = u[b0:b1, b0:b1]
         for j in range(b1 - b0):
             col = b0 + j
-            if col % gs == 0:
+            if not act_order and col % gs == 0:
                 scales[:, col // gs] = _group_scale(wb[:, j : j + gs], p, shrink)
-                s = scales[:, col // gs].astype(np.float64)
+            s = scales[:, order[col] // gs].astype(np.float64)
             c = _codes(wb[:, j], s, p)
             codes[:, col] = c
             e = (wb[:, j] - c * s) / ub[j, j]
             wb[:, j:] -= np.outer(e, ub[j, j:])
             err[:, j] = e
         w[:, b1:] -= err @ u[b0:b1, b1:]
-    q = (codes + p.max_int).astype(np.uint32)
+    q = np.empty((n, k), np.uint32)
+    q[:, order] = codes + p.max_int
     return q, scales
 
 

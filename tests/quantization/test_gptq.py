@@ -44,19 +44,20 @@ def test_inverse_cholesky_upper(k):
 
 @pytest.mark.parametrize("fmt", Q4)
 @pytest.mark.parametrize("shrink", [None, SHRINK])
-def test_gptq_output_error_is_below_rounding(fmt, shrink):
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_output_error_is_below_rounding(fmt, shrink, act_order):
     p = QUANTIZATIONS[fmt].packing
     rng = np.random.default_rng(0)
     n, k = 48, 256
     x = inputs(k, 512, seed=0)
     w = rng.standard_normal((n, k)).astype(np.float32) * 0.05
-    q, scale = gptq(w, (x.T @ x).astype(np.float64), p, shrink=shrink)
+    q, scale = gptq(w, (x.T @ x).astype(np.float64), p, shrink=shrink, act_order=act_order)
     arrays = pack_codes(p, q, scale)  # the format's own arrays: spec shapes and dtypes are checked
     ours = unpack(p, arrays, (n, k))
     np.testing.assert_array_equal(ours, dequantize(q, scale, p))
     rounded = unpack(p, pack(p, w), (n, k))
     e_gptq, e_rtn = output_error(x, w, ours), output_error(x, w, rounded)
-    print(f"{fmt} shrink={shrink is not None}: output error gptq {e_gptq:.4g}, round to nearest {e_rtn:.4g}")
+    print(f"{fmt} shrink={shrink is not None} act_order={act_order}: gptq {e_gptq:.4g}, rounding {e_rtn:.4g}")
     assert e_gptq < 0.9 * e_rtn
     held_out = inputs(k, 512, seed=1)  # inputs it was not fitted to, from the same distribution
     assert output_error(held_out, w, ours) < output_error(held_out, w, rounded)
@@ -121,7 +122,10 @@ def test_a_calibrated_tiny_model_is_closer_to_float_than_a_rounded_one(tiny):
     names = {n for n, a in w.items() if a.ndim == 2}
     codes, floats = calibrate_model(config, weights, calibration_ids(tokenizer), p, names)
     assert set(codes) == names - {"embed_tokens"}  # untied: read by take only, rounded
-    calibrated = {n: dequantize(*codes[n], p) if n in codes else floats.get(n, a) for n, a in w.items()}
+    calibrated = {
+        n: dequantize(codes[n][0], codes[n][1]["float16"], p) if n in codes else floats.get(n, a)
+        for n, a in w.items()
+    }
     assert set(floats) == {n for n in w if "norm" in n and n != "norm"}  # AWQ folded into each block norm
     calibrated["embed_tokens"] = unpack(p, pack(p, w["embed_tokens"]), w["embed_tokens"].shape)
     rounded = {n: unpack(p, pack(p, a), a.shape) if n in names else a for n, a in w.items()}
@@ -176,3 +180,13 @@ def test_calibrated_weights_are_the_formats_arrays_and_cached(tiny, tmp_path, mo
             np.testing.assert_array_equal(second.packed[name][k], a)
     assert all(np.array_equal(second.floats[n], a) for n, a in first.floats.items())
     assert set(second.floats) == set(first.floats)
+    # q4f32_1 reads the same entry: the same codes, its scales float32 (the format's arrays)
+    plan32 = quantize(build_llama(config), "q4f32_1").attrs["quantization"]["params"]
+    third = calibrated.calibrated_weights(config, weights, tokenizer, plan32)
+    p32 = QUANTIZATIONS["q4f32_1"].packing
+    for name, arrays in third.packed.items():
+        assert {k: (a.shape, a.dtype) for k, a in arrays.items()} == {
+            k: (a.shape, a.dtype) for k, a in pack(p32, w[name]).items()
+        }
+        np.testing.assert_array_equal(arrays["qweight"], first.packed[name]["qweight"])
+        np.testing.assert_allclose(arrays["scale"], first.packed[name]["scale"], rtol=1e-3)

@@ -1,0 +1,58 @@
+"""Choose the q4 calibration's knobs on held-out calibration text, never on the test text.
+
+calibration.txt's first 4,096 tokens calibrate; the rest (1,205 tokens, the weather questions
+and answers) are held out and scored by the numpy forward of the calibrated weights. The build
+then calibrates on the whole text with the knobs chosen here (calibrated.py's DAMP, SEQ_LEN,
+ACT_ORDER). tests/data/perplexity_text.txt, the quality gate's text, is not read.
+
+    nice -n 19 python scripts/calibration_validation.py damp=0.03 seq_len=1024 act_order=1
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from llm_deploy.models import load_model
+from llm_deploy.quantization.calibrate import Forward, calibration_ids
+from llm_deploy.quantization.calibrated import calibrate_model
+from llm_deploy.quantization.formats import GroupPacking
+from llm_deploy.quantization.gptq import dequantize
+from llm_deploy.quantization.perplexity import log_softmax
+
+CALIBRATE = 4096  # tokens; the rest of calibration.txt is the validation text
+
+
+def numpy_perplexity(config, weights: dict[str, np.ndarray], ids: list[int]) -> float:
+    """exp(mean NLL) of `ids` after the first, one sequence, tied LM head."""
+    fwd = Forward(config, weights, len(ids))
+    x = fwd.embed(np.asarray(ids)[None])  # (1, T, hidden)
+    for i in range(config.num_hidden_layers):
+        x = fwd.block(i, x)
+    lp = log_softmax(fwd.final_norm(x)[0, :-1] @ weights["embed_tokens"].T)  # (T - 1, vocab)
+    return float(np.exp(-lp[np.arange(len(ids) - 1), ids[1:]].mean()))
+
+
+def main(argv: list[str]) -> None:
+    knobs = {k: float(v) for k, v in (a.split("=") for a in argv)}
+    knobs = {k: int(v) if k in ("seq_len", "act_order") else v for k, v in knobs.items()}
+    m = load_model("llama")
+    ids = calibration_ids(m.tokenizer)
+    calib, held_out = ids[:CALIBRATE], ids[CALIBRATE:]
+    w = {n: np.asarray(m.weights[n], np.float32) for n in m.weights}
+    names = {n for n, a in w.items() if a.ndim == 2}
+    print(f"float32: {numpy_perplexity(m.config, w, held_out):.3f} on {len(held_out)} held-out tokens")
+    t = time.time()
+    codes, floats = calibrate_model(m.config, m.weights, calib, GroupPacking(4, 32), names, **knobs)
+    for dtype in ("float32", "float16"):
+        p = GroupPacking(4, 32, dtype)
+        q4 = w | floats | {n: dequantize(q, s[dtype], p) for n, (q, s) in codes.items()}
+        ppl = numpy_perplexity(m.config, q4, held_out)
+        print(f"{knobs or 'calibrated.py knobs'}, {dtype} scales: {ppl:.3f}")
+    print(f"calibration took {time.time() - t:.0f} s")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
