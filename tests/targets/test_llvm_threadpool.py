@@ -27,14 +27,19 @@ def test_parallel_loop_runs_on_more_than_one_os_thread(llvm_module):
     kernel = llvm_module["heavy_parallel"]
     llvm_module.set_num_threads(2)
     try:
+        # The first parallel call starts the worker. Task counts are per slot and outlive the
+        # workers of earlier tests, so the baseline is taken once this slot's worker exists: only
+        # it can add to the count, and it records its thread id before it takes a task.
+        kernel(np.zeros(8, np.float32), 10)
+        before = llvm_module.pool_stats()["tasks"]
+        assert len(before) == 2, "set_num_threads(2) must give one worker beside the caller"
         K, ran_on_worker = 100_000, False
         for _ in range(20):  # a loaded machine may wake the worker late; it must show up soon
-            before = llvm_module.pool_stats()["tasks"]
             out = np.zeros(8, np.float32)
             kernel(out, K)
             stats = llvm_module.pool_stats()
             np.testing.assert_allclose(out, heavy_reference(8, K), rtol=1e-3)
-            if stats["tasks"][1] > (before[1] if len(before) > 1 else 0):
+            if stats["tasks"][1] > before[1]:
                 ran_on_worker = True
                 break
         assert ran_on_worker, f"no task ran on a worker thread: {stats}"
