@@ -43,7 +43,7 @@ def main() -> None:
     runner = ModelRunner(artifact, max_tokens=args.context + 16)
     runner.add_sequence(0)
     runner.prefill([0], [list(range(100, 100 + args.context - 1))])
-    decode = runner._decode
+    decode = runner.vm["decode"]
     if not isinstance(decode, planning.PlannedFunction):
         raise SystemExit("this artifact's decode has no fast step (LLMD_FAST_STEP=0?)")
 
@@ -51,26 +51,18 @@ def main() -> None:
     ids = runner.device.from_host(np.asarray([5], np.int32))
     runner.cache.begin_forward([0], [1])
     step_args = (ids, runner.cache, *runner.params)
-    decode(*step_args)  # builds (or finds) the plan
-    leaves = decode._leaves(step_args)
-    plan = decode.plans[tuple(map(planning._leaf_key, leaves))]
-    allocs = [runner.device.alloc(shape, dtype) for shape, dtype in plan.allocs]
-    plan.objs[:] = [*map(id, leaves), *map(id, allocs)]
+    found = decode.plan_for(*step_args)
+    if found is None:
+        raise SystemExit(f"decode cannot be planned: {decode.unplannable}")
+    plan, leaves = found
+    _allocs = decode.bind_objects(plan, leaves)  # held: the launches write into them
     run, data_offset = decode.runner
 
     family = {
         artifact.executable.kernels[n].address: re.sub(r"\d+$", "", n)
         for n in artifact.executable.kernels.kernels
     }
-    launches = []  # (family, the launch's words in the loop's code)
-    for segment in plan.segments:
-        if segment[0] != "native":
-            continue
-        code, at = segment[1], 0
-        for _ in range(segment[2]):
-            words = 3 + int(code[at + 1]) + int(code[at + 2])
-            launches.append((family[int(code[at])], code[at : at + words]))
-            at += words
+    launches = [(family[fn], words) for fn, words in plan.launches()]
 
     def median_ms(chosen: list) -> float:
         code = np.concatenate([words for _, words in chosen])

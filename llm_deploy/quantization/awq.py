@@ -14,14 +14,14 @@ from __future__ import annotations
 import numpy as np
 
 from llm_deploy.quantization.formats import GroupPacking
+from llm_deploy.quantization.gptq import dequantize
 from llm_deploy.quantization.pack import group_quantize
 
 ALPHAS = np.linspace(0.0, 1.0, 11)
 
 
 def _rounded(w: np.ndarray, p: GroupPacking) -> np.ndarray:
-    q, scale = group_quantize(w, p)
-    return (q.astype(np.float32) - p.max_int) * np.repeat(scale.astype(np.float32), p.group_size, axis=-1)
+    return dequantize(*group_quantize(w, p), p)
 
 
 def output_error(w: np.ndarray, wq: np.ndarray, h: np.ndarray) -> float:

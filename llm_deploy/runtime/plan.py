@@ -154,6 +154,20 @@ class Plan:
     objs_address: int = 0
     bufs_address: int = 0
 
+    def launches(self) -> list[tuple[int, np.ndarray]]:
+        """(kernel address, its words in the launch loop's code) of every native launch, in order
+        (the words: fn, nbufs, nvars, the buffer refs, the vars; see targets/llvm/launcher.py)."""
+        out = []
+        for seg in self.segments:
+            if seg[0] != "native":
+                continue
+            code, at = seg[1], 0
+            for _ in range(seg[2]):
+                end = at + 3 + int(code[at + 1]) + int(code[at + 2])
+                out.append((int(code[at]), code[at:end]))
+                at = end
+        return out
+
 
 class PlannedFunction:
     """`vm[name]` under the fast step: same arguments, results and errors as the VM's path."""
@@ -221,8 +235,16 @@ class PlannedFunction:
         return list(modules.values())
 
     def __call__(self, *args: Any) -> Any:
-        if self.unplannable is not None or len(args) != len(self.params):
+        found = self.plan_for(*args)
+        if found is None:
             return self.slow(*args)
+        return self._replay(*found)
+
+    def plan_for(self, *args: Any) -> tuple[Plan, list[Any]] | None:
+        """The checked plan for these arguments (built on first use) and their leaves, or None
+        when the call takes the VM's path (nothing has run yet then)."""
+        if self.unplannable is not None or len(args) != len(self.params):
+            return None
         statics = self._get_static(args)
         if len(statics) != len(self.bound) or not all(map(operator.is_, statics, self.bound)):
             self._bind(statics)
@@ -232,13 +254,13 @@ class PlannedFunction:
         if plan is None:
             try:
                 plan = self._build(args, leaves)
-            except NotPlannable as e:  # nothing has run yet: the VM's path takes the call
+            except NotPlannable as e:
                 self.unplannable = str(e)
-                return self.slow(*args)
+                return None
             if len(self.plans) >= MAX_PLANS:
                 del self.plans[next(iter(self.plans))]
             self.plans[key] = plan
-        return self._replay(plan, leaves)
+        return plan, leaves
 
     # -- per call
     def _leaves(self, args: tuple) -> list[Any]:
@@ -262,10 +284,7 @@ class PlannedFunction:
         for module in self.modules:
             if module.closed:
                 raise VMError(f"{self.name}: the kernels' module was closed (the code is freed)")
-        alloc = self.vm.device.alloc
-        allocs = [alloc(shape, dtype) for shape, dtype in plan.allocs]
-        objs = plan.objs
-        objs[:] = [*map(id, leaves), *map(id, allocs)]
+        allocs = self.bind_objects(plan, leaves)
         run, offset = self.runner or (None, 0)  # None: a function without kernels
         objs_address, bufs_address = plan.objs_address, plan.bufs_address
         for seg in plan.segments:
@@ -279,6 +298,15 @@ class PlannedFunction:
             stats["allocs"] += len(allocs)
             stats["alloc_bytes"] += plan.alloc_bytes
         return self._resolve(plan.ret, leaves, allocs)
+
+    def bind_objects(self, plan: Plan, leaves: list[Any]) -> list[Any]:
+        """The plan's per-call tensors, allocated, with every leaf's and allocation's object
+        address written where the launch loop reads them; the caller keeps leaves and
+        allocations alive while the plan's launches run."""
+        alloc = self.vm.device.alloc
+        allocs = [alloc(shape, dtype) for shape, dtype in plan.allocs]
+        plan.objs[:] = [*map(id, leaves), *map(id, allocs)]
+        return allocs
 
     def _resolve(self, ref: Ref, leaves: list[Any], allocs: list[Any]) -> Any:
         kind = ref[0]

@@ -32,6 +32,28 @@ def test_all_model_functions_are_planned(artifact):
     assert set(runner(artifact, False).vm.plan_status.values()) == {"off"}
 
 
+def test_a_plan_lists_its_launches_in_program_order(artifact):
+    """`Plan.launches` (what bench/kernel_times.py replays) walks the loop's code: one entry per
+    kernel call, each the address of a kernel of the artifact, in the decode program's order."""
+    r = runner(artifact, True)
+    r.add_sequence(0)
+    r.prefill([0], [[5, 6, 7]])
+    decode = r.vm["decode"]
+    ids = r.device.from_host(np.asarray([5], np.int32))
+    r.cache.begin_forward([0], [1])
+    plan, _ = decode.plan_for(ids, r.cache, *r.params)
+    r.cache.cancel_forward()
+    module = artifact.executable.kernels
+    by_address = {module[n].address: n for n in module.kernels}
+    called = [by_address[fn] for fn, _ in plan.launches()]
+    program = [
+        ins["kernel"]
+        for ins in artifact.executable.program["functions"]["decode"]["instrs"]
+        if ins["op"] == "call_tir"
+    ]
+    assert called == program and len(called) == plan.kernel_calls
+
+
 @pytest.mark.parametrize("batch", [1, 3, 5])
 @pytest.mark.parametrize("prompt_len", [1, 17, 40])
 def test_fast_step_logits_equal_slow_step(artifact, batch, prompt_len):
