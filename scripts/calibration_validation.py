@@ -1,11 +1,12 @@
 """Choose the q4 calibration's knobs on held-out calibration text, never on the test text.
 
 calibration.txt's first 4,096 tokens calibrate; the rest (1,205 tokens, the weather questions
-and answers) are held out and scored by the numpy forward of the calibrated weights. The build
+and answers) are held out and scored by the numpy forward of the calibrated weights. With fold=2
+the last 4,096 calibrate and the first 1,205 are scored (a second opinion on the same knobs). The build
 then calibrates on the whole text with the knobs chosen here (calibrated.py's DAMP, SEQ_LEN,
 ACT_ORDER). tests/data/perplexity_text.txt, the quality gate's text, is not read.
 
-    nice -n 19 python scripts/calibration_validation.py damp=0.03 seq_len=1024 act_order=1
+    nice -n 19 python scripts/calibration_validation.py damp=0.03 seq_len=1024 act_order=1 [fold=2]
 """
 
 from __future__ import annotations
@@ -37,10 +38,14 @@ def numpy_perplexity(config, weights: dict[str, np.ndarray], ids: list[int]) -> 
 
 def main(argv: list[str]) -> None:
     knobs = {k: float(v) for k, v in (a.split("=") for a in argv)}
-    knobs = {k: int(v) if k in ("seq_len", "act_order") else v for k, v in knobs.items()}
+    knobs = {k: int(v) if k in ("seq_len", "act_order", "fold") else v for k, v in knobs.items()}
+    fold = knobs.pop("fold", 1)
     m = load_model("llama")
     ids = calibration_ids(m.tokenizer)
-    calib, held_out = ids[:CALIBRATE], ids[CALIBRATE:]
+    if fold == 1:
+        calib, held_out = ids[:CALIBRATE], ids[CALIBRATE:]
+    else:  # the other fold: calibrate on the last tokens, score the first
+        calib, held_out = ids[-CALIBRATE:], ids[: len(ids) - CALIBRATE]
     w = {n: np.asarray(m.weights[n], np.float32) for n in m.weights}
     names = {n for n, a in w.items() if a.ndim == 2}
     print(f"float32: {numpy_perplexity(m.config, w, held_out):.3f} on {len(held_out)} held-out tokens")

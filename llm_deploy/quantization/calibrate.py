@@ -24,8 +24,9 @@ CALIBRATION_TEXT = Path(__file__).with_name("calibration.txt")
 # (names sharing one input, the group's role) per block, in the order the forward reaches them
 LINEAR_GROUPS = (("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",))
 
-# quantize(names, w: (sum of outs, in), x: (tokens, in)) -> the weights to use from now on
-Quantizer = Callable[[tuple[str, ...], np.ndarray, np.ndarray], np.ndarray]
+# quantize(names, w: (sum of outs, in), x: (tokens, in)) -> the weights to use from now on, or
+# None to leave the group's own
+Quantizer = Callable[[tuple[str, ...], np.ndarray, np.ndarray], np.ndarray | None]
 
 
 def calibration_ids(tokenizer, max_tokens: int = 8192) -> list[int]:
@@ -125,43 +126,87 @@ def calibrate(
     seq_len: int = 512,
     head: bool = True,
     balance: Callable[[int, dict[tuple[str, ...], np.ndarray]], None] | None = None,
+    target_damp: float | None = None,
 ) -> None:
     """Run the calibration forward over `ids` (cut into sequences of `seq_len`), calling
     `quantize(names, w, x)` on every linear group of every block in order, and on the LM head
-    (`lm_head`, or `embed_tokens` when tied) when `head`; what it returns replaces the group's
-    weights in `weights` and in the forward from then on.
+    (`lm_head`, or `embed_tokens` when tied) when `head`; what it returns (unless None) replaces
+    the group's weights in `weights` and in the forward from then on.
 
     `balance(i, inputs)`, when given, first sees block i's float inputs of each group (by names)
     and may rewrite `weights` in ways that keep the block's function (AWQ: `awq_balance`).
+
+    With `target_damp`, the float model runs beside the quantized one, and each group is handed
+    `retarget`'s weights instead of its own: those that on the quantized model's inputs best give
+    the float model's outputs.
     """
     s = len(ids) // seq_len
     if s == 0:
         raise ValueError(f"calibration needs at least {seq_len} tokens, got {len(ids)}")
     fwd = Forward(config, weights, seq_len)
 
-    def keep(names: tuple[str, ...], w: np.ndarray, x: np.ndarray) -> np.ndarray:
-        wq = quantize(names, w, x)
+    def keep(
+        names: tuple[str, ...], w: np.ndarray, x: np.ndarray, target: np.ndarray | None = None
+    ) -> np.ndarray:
+        wq = quantize(names, w if target is None else target, x)
+        if wq is None:
+            return w
         rows = [weights[n].shape[0] for n in names]
         for n, part in zip(names, np.split(wq, np.cumsum(rows)[:-1], axis=0)):
             weights[n] = part
         return wq
 
+    def toward(float_inputs: dict[tuple[str, ...], np.ndarray]) -> Quantizer:
+        def quantize_retargeted(names: tuple[str, ...], w: np.ndarray, x: np.ndarray) -> np.ndarray:
+            return keep(names, w, x, retarget(w, x, float_inputs[names], target_damp))
+
+        return quantize_retargeted
+
+    x = fwd.embed(np.asarray(ids[: s * seq_len]).reshape(s, seq_len))  # (S, T, hidden)
+    x_float = x  # the float model's hidden states, when retargeting
+    for i in range(config.num_hidden_layers):
+        if balance is not None:
+            fwd.block(i, x, recorder(seen := {}))
+            balance(i, seen)
+        if target_damp is None:
+            x = fwd.block(i, x, keep)
+        else:  # block i is still float here: its run on x_float is the float model's
+            x_float = fwd.block(i, x_float, recorder(float_inputs := {}))
+            x = fwd.block(i, x, toward(float_inputs))
+    if head:
+        name = "embed_tokens" if config.tie_word_embeddings else "lm_head"
+        w, xh = np.asarray(weights[name], np.float32), fwd.final_norm(x).reshape(-1, config.hidden_size)
+        if target_damp is None:
+            keep((name,), w, xh)
+        else:
+            toward({(name,): fwd.final_norm(x_float).reshape(-1, config.hidden_size)})((name,), w, xh)
+
+
+def recorder(seen: dict[tuple[str, ...], np.ndarray]) -> Quantizer:
+    """A quantizer that changes nothing and records each group's inputs in `seen`."""
+
     def record(names: tuple[str, ...], w: np.ndarray, x: np.ndarray) -> np.ndarray:
         seen[names] = x
         return w
 
-    x = fwd.embed(np.asarray(ids[: s * seq_len]).reshape(s, seq_len))  # (S, T, hidden)
-    for i in range(config.num_hidden_layers):
-        if balance is not None:
-            seen: dict[tuple[str, ...], np.ndarray] = {}
-            fwd.block(i, x, record)
-            balance(i, seen)
-        x = fwd.block(i, x, keep)
-    if head:
-        name = "embed_tokens" if config.tie_word_embeddings else "lm_head"
-        keep(
-            (name,), np.asarray(weights[name], np.float32), fwd.final_norm(x).reshape(-1, config.hidden_size)
-        )
+    return record
+
+
+def retarget(w: np.ndarray, x: np.ndarray, x_float: np.ndarray, damp: float) -> np.ndarray:
+    """The float weights V (out, in) to quantize in place of `w` when the layer's inputs are x
+    (tokens, in), from the blocks already quantized, where the float model's were x_float: V
+    gives, on x, the float model's outputs x_float W^T as nearly as it can while staying near W,
+
+        V = argmin ||x V^T - x_float W^T||^2 + lam ||V - W||^2 = W + W (x_float - x)^T x (H + lam I)^-1
+
+    with H = x^T x and lam = damp * mean(diag(H)). Quantizing V by its output error on x (GPTQ's
+    objective) then also undoes the drift earlier layers left in x. The pull towards W is strong
+    (damp ~1, not GPTQ's ~0.01): a few thousand tokens fit the correction only roughly."""
+    h = (x.T @ x).astype(np.float64)
+    lam = damp * np.mean(np.diag(h))
+    cross = ((x_float - x).T @ x).astype(np.float64)  # (in, in)
+    correction = np.linalg.solve(h + lam * np.eye(len(h)), (w.astype(np.float64) @ cross).T).T  # H symmetric
+    return (w + correction).astype(np.float32)
 
 
 # (a linear group, the op whose output is its input): RMSNorm weights, or the rows of the linear

@@ -13,10 +13,14 @@ kernels (compiler/ops/lower_quantized.py) read them. One definition, three users
     gguf       each tensor in its GGUF file's own block format (Q4_0, Q4_1, Q8_0, K-quants, F16, F32)
 
 Group packings follow MLC-LLM: w ~= (q - max_int) * scale with max_int = 2**(bits-1) - 1 and
-q in [0, 2 * max_int], 32 // bits values per uint32 word, value k of a word at bits
+q in [0, 2**bits - 1], 32 // bits values per uint32 word, value k of a word at bits
 [bits*k, bits*(k+1)). Activations stay float32 on the CPU: the "f16" is the scales' dtype.
-Where MLC-LLM rounds each weight to nearest, the q4 formats here choose codes and scales by AWQ
-scaling + GPTQ on a calibration text (calibrated.py): the same arrays, a smaller output error.
+MLC-LLM rounds each weight to nearest with scale = max|w| / max_int, so its codes stay in
+[0, 2 * max_int] (15 of the 16 4-bit levels; `pack.group_quantize` does the same). The q4 formats
+here instead choose codes and scales by AWQ scaling + GPTQ on a calibration text (calibrated.py),
+and use all 16 levels the decoding gives, (q - max_int) in [-max_int, max_int + 1], each group's
+scale signed so the extra level falls on its largest weight's side, as llama.cpp's Q4_0 does: the
+same arrays and decoding (MLC-LLM's kernels read them as they are), a smaller output error.
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@ Cholesky factor of H^-1, so later columns absorb what earlier ones lost:
     W[:, j+1:] -= err * U[j, j+1:]
 
 A group's scale is set when its first column is reached, from the group's weights as updated so
-far (max|w| / max_int, or the fraction of it in SHRINK that rounds the group best; rounded to the
-scale's storage dtype so the codes fit what the kernel reads). `refit_scales` can refit them by
+far (its largest weight, sign kept, over max_int + 1: the codes use all 2**bits levels the format
+decodes, -max_int..max_int + 1, with the extra one on the largest weight's side; or the fraction of
+that in SHRINK that rounds the group best; rounded to the scale's storage dtype so the codes fit
+what the kernel reads). `refit_scales` can refit them by
 least squares once all codes are fixed. Columns go in order, or by decreasing H diagonal with every
 group's scale set up front (act-order with static groups), so groups stay contiguous along K as
 the format requires. Updates are applied lazily in blocks of columns (the paper's "lazy batch" form).
@@ -29,10 +31,12 @@ SHRINK = np.linspace(1.0, 0.7, 7)
 
 
 def _group_scale(g: np.ndarray, p: GroupPacking, shrink: np.ndarray | None = None) -> np.ndarray:
-    """(N, group) float weights -> (N,) scales in storage dtype: max|w| / max_int as group_quantize
-    picks it, or with `shrink` the fraction of it (clipping the largest weights) that rounds the
-    group with the least squared error."""
-    full = np.abs(g).max(axis=-1) / p.max_int  # (N,)
+    """(N, group) float weights -> (N,) scales in storage dtype: the group's largest weight in
+    magnitude, sign kept, over max_int + 1, so it takes the top code (Q4_0's choice: the grid's
+    extra level goes to whichever side needs it), or with `shrink` the fraction of that (clipping
+    the largest weights) that rounds the group with the least squared error."""
+    peak = g[np.arange(g.shape[0]), np.abs(g).argmax(axis=-1)]  # (N,) signed
+    full = peak / (p.max_int + 1)
     if shrink is None:
         return full.astype(p.scale_dtype)
     cand = (full[None] * shrink[:, None]).astype(p.scale_dtype).astype(g.dtype)  # (C, N)
@@ -42,8 +46,8 @@ def _group_scale(g: np.ndarray, p: GroupPacking, shrink: np.ndarray | None = Non
 
 def _codes(w: np.ndarray, s: np.ndarray, p: GroupPacking) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
-        q = np.where(s > 0, np.rint(w / s), 0.0)
-    return np.clip(q, -p.max_int, p.max_int)  # signed codes: value = code * scale
+        q = np.where(s != 0, np.rint(w / s), 0.0)
+    return np.clip(q, -p.max_int, p.max_int + 1)  # signed codes: value = code * scale
 
 
 def _cholesky(a: np.ndarray) -> np.ndarray:
@@ -105,7 +109,7 @@ def gptq(
     shrink: np.ndarray | None = None,
     act_order: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Codes in [0, 2 * max_int] (N, K) and scales (N, K / group) of `w` (N, K) for inputs with
+    """Codes in [0, 2**bits - 1] (N, K) and scales (N, K / group) of `w` (N, K) for inputs with
     X^T X = `h` (K, K). `damp` adds that fraction of the mean diagonal to H (it is often singular).
 
     `act_order` visits the columns by decreasing H diagonal (the inputs with the most energy

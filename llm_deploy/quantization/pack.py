@@ -70,11 +70,12 @@ def pack(packing: Packing, w: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def pack_codes(packing: GroupPacking, q: np.ndarray, scale: np.ndarray) -> dict[str, np.ndarray]:
-    """The arrays of codes in [0, 2 * max_int] (N, K) and scales (N, K / group) chosen elsewhere
-    (round to nearest: `group_quantize`; calibrated: gptq.py)."""
+    """The arrays of codes in [0, 2**bits - 1] (N, K) and scales (N, K / group) chosen elsewhere
+    (round to nearest: `group_quantize`, codes up to 2 * max_int; calibrated: gptq.py, all
+    levels)."""
     packing.check(q.shape)
-    if q.size and int(q.max()) > 2 * packing.max_int:
-        raise QuantizationError(f"{packing.key}: code {int(q.max())} is over {2 * packing.max_int}")
+    if q.size and int(q.max()) >= 2**packing.bits:
+        raise QuantizationError(f"{packing.key}: code {int(q.max())} does not fit {packing.bits} bits")
     arrays = {"qweight": pack_bits(q, packing.bits), "scale": np.asarray(scale).astype(packing.scale_dtype)}
     return _checked(packing, arrays, q.shape)
 

@@ -10,9 +10,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llm_deploy.quantization import QUANTIZATIONS, pack, unpack
-from llm_deploy.quantization.gptq import SHRINK, dequantize, gptq, inverse_cholesky_upper, refit_scales
-from llm_deploy.quantization.pack import group_quantize, pack_codes
+from llm_deploy.quantization import QUANTIZATIONS, QuantizationError, pack, unpack
+from llm_deploy.quantization.gptq import (
+    SHRINK,
+    dequantize,
+    gptq,
+    inverse_cholesky_upper,
+    refit_scales,
+)
+from llm_deploy.quantization.pack import pack_codes
 
 Q4 = ("q4f16_1", "q4f32_1")
 
@@ -24,6 +30,23 @@ def inputs(k: int, tokens: int, seed: int) -> np.ndarray:
     mix = fixed.standard_normal((k, k)) / np.sqrt(k) + np.eye(k)
     size = fixed.uniform(0.2, 3.0, k)
     return ((np.random.default_rng(seed).standard_normal((tokens, k)) @ mix) * size).astype(np.float32)
+
+
+def round_to_nearest(w: np.ndarray, p) -> tuple[np.ndarray, np.ndarray]:
+    """Element by element, the grid GPTQ rounds onto: scale = the group's largest weight in
+    magnitude, sign kept, / 8 (stored dtype); code = clip(round(w / scale) + 7, 0, 15)."""
+    n, k = w.shape
+    q = np.zeros((n, k), np.uint32)
+    scales = np.zeros((n, k // p.group_size), p.scale_dtype)
+    for i in range(n):
+        for g in range(k // p.group_size):
+            vals = w[i, g * p.group_size : (g + 1) * p.group_size]
+            s = np.array(vals[np.argmax(np.abs(vals))] / (p.max_int + 1)).astype(p.scale_dtype)
+            scales[i, g] = s
+            for t, v in enumerate(vals):
+                c = int(np.rint(np.float32(v) / np.float32(s))) if s != 0 else 0
+                q[i, g * p.group_size + t] = min(max(c + p.max_int, 0), 2 * p.max_int + 1)
+    return q, scales
 
 
 def output_error(x: np.ndarray, w: np.ndarray, wq: np.ndarray) -> float:
@@ -72,15 +95,63 @@ def test_gptq_with_uncorrelated_equal_inputs_is_rounding(fmt):
     p = QUANTIZATIONS[fmt].packing
     w = np.random.default_rng(1).standard_normal((16, 128)).astype(np.float32)
     q, scale = gptq(w, 3.0 * np.eye(128), p)
-    q_rtn, scale_rtn = group_quantize(w, p)
+    q_rtn, scale_rtn = round_to_nearest(w, p)
     np.testing.assert_array_equal(scale, scale_rtn)
     assert (q == q_rtn).mean() > 0.999  # ties may round either way in float64 against float32
+
+
+@pytest.mark.parametrize("fmt", Q4)
+def test_rounding_uses_all_sixteen_levels_the_format_decodes(fmt):
+    """(q - 7) * scale decodes q = 15 as 8 * scale, a level MLC-LLM's rule (scale = max|w| / 7)
+    never uses: with the scale signed, each group's largest weight takes code 15 and is exact,
+    and the grid is finer by 8/7 (the format's own decoding, `unpack`, reads it)."""
+    p = QUANTIZATIONS[fmt].packing
+    w = np.random.default_rng(2).standard_normal((64, 256)).astype(np.float32)
+    w[0, :32] = (np.arange(32) % 16 - 8) / 2.0  # -4.0 .. 3.5, largest -4.0: a negative scale
+    w[1, :32] = (np.arange(32) % 16 - 7) / 2.0  # -3.5 .. 4.0, largest +4.0
+    q, scale = round_to_nearest(w, p)
+    ours = unpack(p, pack_codes(p, q, scale), w.shape)
+    assert q.max() == 15 and q.min() == 0
+    assert scale[0, 0] == -0.5 and scale[1, 0] == 0.5
+    np.testing.assert_array_equal(ours[:2, :32], w[:2, :32])  # 16 levels of 1/2, all exact
+    mlc = unpack(p, pack(p, w), w.shape)
+    assert np.sum((ours - w) ** 2) < 0.85 * np.sum((mlc - w) ** 2)
+
+
+def test_a_code_over_four_bits_is_refused():
+    p = QUANTIZATIONS["q4f16_1"].packing
+    q = np.full((2, 32), 15, np.uint32)
+    pack_codes(p, q, np.ones((2, 1), np.float16))
+    q[1, 3] = 16
+    with pytest.raises(QuantizationError, match="code 16 does not fit 4 bits"):
+        pack_codes(p, q, np.ones((2, 1), np.float16))
 
 
 def test_gptq_rejects_a_hessian_of_the_wrong_size():
     p = QUANTIZATIONS["q4f16_1"].packing
     with pytest.raises(ValueError, match=r"H is \(32, 32\), the weight \(4, 64\) needs \(64, 64\)"):
         gptq(np.zeros((4, 64), np.float32), np.eye(32), p)
+
+
+def test_retarget_fits_the_float_outputs_on_the_drifted_inputs():
+    """V = retarget(W, x, x_float) solves min ||x V^T - x_float W^T||^2 + lam ||V - W||^2 (its
+    gradient vanishes), and so gives the float outputs more nearly than W does; without drift it
+    is W."""
+    from llm_deploy.quantization.calibrate import retarget
+
+    rng = np.random.default_rng(3)
+    x_float = inputs(96, 400, seed=2)
+    x = x_float + 0.1 * rng.standard_normal(x_float.shape).astype(np.float32) * x_float.std(0)
+    w = rng.standard_normal((40, 96)).astype(np.float32)
+    np.testing.assert_array_equal(retarget(w, x_float, x_float, 1.0), w)
+    for damp in (0.01, 1.0):
+        v = retarget(w, x, x_float, damp).astype(np.float64)
+        xd, xfd, wd = (a.astype(np.float64) for a in (x, x_float, w))
+        lam = damp * np.mean(np.sum(xd * xd, axis=0))
+        gradient = (xd @ v.T - xfd @ wd.T).T @ xd + lam * (v - wd)
+        assert np.abs(gradient).max() < 1e-4 * np.abs((xfd @ wd.T).T @ xd).max()
+        target = xfd @ wd.T
+        assert np.sum((xd @ v.T - target) ** 2) < 0.9 * np.sum((xd @ wd.T - target) ** 2)
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,13 @@ cache carries the context (llm_deploy/quantization/perplexity.py). float32 (q0f3
 blocks dequantized, so `gguf`, which reads the same blocks in its kernels, must match it.
 
 The q4 formats re-quantize weights that are already 4-bit (Q4_1: 16 asymmetric levels per 32)
-onto MLC-LLM's symmetric 15-level grid: a second rounding as large as the first. Rounding to
-nearest (MLC-LLM's way) measures +49% perplexity on these weights; the build instead chooses codes
-and scales by AWQ scaling + GPTQ on a calibration text (llm_deploy/quantization/calibrated.py,
-never this file's text), one calibration for both q4 formats, its knobs chosen on held-out
-calibration text (scripts/calibration_validation.py), so this figure stays held out. It measures
-+12.1% for both q4 formats (float16 and float32 scales within 0.01 perplexity): over the issue's
-10% gate, so their bounds record the measurement (13%), not the gate.
+onto MLC-LLM's symmetric grid: a second rounding as large as the first. Rounding to nearest
+(MLC-LLM's way) measures +49% perplexity on these weights; the build instead chooses codes and
+scales by AWQ scaling + GPTQ on all 16 levels the format decodes, each group aimed at the float
+model's outputs, on a calibration text (llm_deploy/quantization/calibrated.py, never this file's
+text), one calibration for both q4 formats, its knobs chosen on held-out calibration text
+(scripts/calibration_validation.py), so this figure stays held out. It measures +7.6% for both
+q4 formats (float16 and float32 scales within 0.01 perplexity), under the issue's 10% gate.
 test_q4_build_computes_what_transformers_does checks that what is lost is the stored weights',
 not the kernels'.
 """
@@ -29,8 +29,9 @@ from llm_deploy.quantization.perplexity import perplexity
 TEXT = Path(__file__).parent.parent / "data" / "perplexity_text.txt"
 FORMATS = ("q0f32", "q0f16", "q8f16_1", "gguf", "q4f16_1", "q4f32_1")
 TOKENS, CHUNK = 2048, 256
-# relative perplexity increase over float32 allowed per format (the q4 ones: measured, see above)
-GATES = {"q0f16": 0.01, "q8f16_1": 0.01, "gguf": 0.001, "q4f16_1": 0.13, "q4f32_1": 0.13}
+# relative perplexity increase over float32 allowed per format: the issue's gates (gguf reads the
+# same blocks as float32, so it must match)
+GATES = {"q0f16": 0.01, "q8f16_1": 0.01, "gguf": 0.001, "q4f16_1": 0.10, "q4f32_1": 0.10}
 
 
 def text_ids(tokenizer) -> list[int]:
