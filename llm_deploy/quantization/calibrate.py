@@ -201,7 +201,8 @@ def retarget(w: np.ndarray, x: np.ndarray, x_float: np.ndarray, damp: float) -> 
 
     with H = x^T x and lam = damp * mean(diag(H)). Quantizing V by its output error on x (GPTQ's
     objective) then also undoes the drift earlier layers left in x. The pull towards W is strong
-    (damp ~1, not GPTQ's ~0.01): a few thousand tokens fit the correction only roughly."""
+    (calibrated.TARGET_DAMP, 3, against GPTQ's 0.3): a few thousand tokens fit the correction only
+    roughly, and the later layers go on correcting what is left."""
     h = (x.T @ x).astype(np.float64)
     lam = damp * np.mean(np.diag(h))
     cross = ((x_float - x).T @ x).astype(np.float64)  # (in, in)

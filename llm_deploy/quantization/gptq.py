@@ -13,10 +13,10 @@ A group's scale is set when its first column is reached, from the group's weight
 far (its largest weight, sign kept, over max_int + 1: the codes use all 2**bits levels the format
 decodes, -max_int..max_int + 1, with the extra one on the largest weight's side; or the fraction of
 that in SHRINK that rounds the group best; rounded to the scale's storage dtype so the codes fit
-what the kernel reads). `refit_scales` can refit them by
-least squares once all codes are fixed. Columns go in order, or by decreasing H diagonal with every
-group's scale set up front (act-order with static groups), so groups stay contiguous along K as
-the format requires. Updates are applied lazily in blocks of columns (the paper's "lazy batch" form).
+what the kernel reads). `refit_scales` can refit them by least squares once all codes are fixed.
+Columns go in order, or by decreasing H diagonal with every group's scale set up front (act-order
+with static groups), so groups stay contiguous along K as the format requires. Updates are applied
+lazily in blocks of columns (the paper's "lazy batch" form).
 """
 
 from __future__ import annotations
