@@ -20,6 +20,13 @@ from llm_deploy.compiler.struct_info import StructInfo
 
 F32, I32 = "float32", "int32"
 BLOCK = 32
+MICROKERNEL = "q8dot"  # the `microkernel` attribute is "q8dot:<ggml type>"
+
+
+def microkernel_type(f: T.PrimFunc) -> str | None:
+    """The GGML type of a kernel whose `microkernel` attribute is a q8dot one, else None."""
+    kind, _, ggml_type = str(f.attrs.get("microkernel", "")).partition(":")
+    return ggml_type if kind == MICROKERNEL else None
 
 
 def _code(bufs: dict[str, T.Buffer], ggml_type: str, j, b, t) -> T.Value:
@@ -119,4 +126,4 @@ def int_dot_func(
     for buf in (acc, isum, inv, amax, xs, xd, xq):
         body = T.Allocate(buf, body)
     params = (X, *(buf for bufs, _ in parts for buf in bufs.values()), *(out for _, out in parts))
-    return T.PrimFunc(params, body, {"scheduled": True, "microkernel": f"q8dot:{ggml_type}"})
+    return T.PrimFunc(params, body, {"scheduled": True, "microkernel": f"{MICROKERNEL}:{ggml_type}"})

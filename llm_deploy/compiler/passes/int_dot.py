@@ -33,7 +33,7 @@ from llm_deploy.compiler.expr import (
 from llm_deploy.compiler.functor import ExprMutator
 from llm_deploy.compiler.module import IRModule
 from llm_deploy.compiler.ops.builtin import call_tir
-from llm_deploy.compiler.ops.lower_int_dot import int_dot_func
+from llm_deploy.compiler.ops.lower_int_dot import int_dot_func, microkernel_type
 from llm_deploy.compiler.ops.quantized import int_dot_linear
 from llm_deploy.compiler.struct_info import TensorInfo, TupleInfo
 from llm_deploy.compiler.tir import PrimFunc
@@ -160,7 +160,7 @@ def _merged_kernel(kernels: list[str], funcs: dict, merged: dict) -> str:
         for p, k in enumerate(kernels):
             f = funcs[k]
             x = x or f.buffers[0]
-            ggml_type = str(f.attrs["microkernel"]).partition(":")[2]
+            ggml_type = microkernel_type(f) or ""
             bufs = {b.name: T.Buffer(f"{b.name}_{p}", b.shape, b.dtype) for b in f.buffers[1:-1]}
             out = f.buffers[-1]
             parts.append((bufs, T.Buffer(f"Out_{p}", out.shape, out.dtype)))

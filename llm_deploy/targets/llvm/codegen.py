@@ -19,6 +19,7 @@ from llvmlite import ir
 
 from llm_deploy.compiler import shape as S
 from llm_deploy.compiler import tir as T
+from llm_deploy.compiler.ops.lower_int_dot import microkernel_type
 from llm_deploy.targets.llvm import microkernels
 from llm_deploy.targets.llvm import threadpool as pool
 from llm_deploy.targets.llvm.abi import PY_DATA_OFFSET, PY_PREFIX, KernelSignature, ParamSpec, symbol_of
@@ -137,10 +138,10 @@ def _emit_kernel(state: ModuleState, name: str, f: T.PrimFunc, sig: KernelSignat
 def _call_microkernel(state: ModuleState, em: FunctionEmitter, name: str, f: T.PrimFunc) -> None:
     """The body is a call of the hand-written kernel (microkernels.py), linked in by `optimize`.
     Buffers: X, each weight's packed arrays, each weight's output (one or more weights)."""
-    kind, _, ggml_type = str(f.attrs["microkernel"]).partition(":")
+    ggml_type = microkernel_type(f)
     bufs = f.buffers
     per_part = len(microkernels.arrays_of(ggml_type)) + 1 if ggml_type in microkernels.TYPES else 0
-    if kind != "q8dot" or not per_part or (len(bufs) - 1) % per_part:
+    if not per_part or (len(bufs) - 1) % per_part:
         raise CodegenError(f"kernel {name}: no microkernel {f.attrs['microkernel']!r} for these buffers")
     x, outs = bufs[0], bufs[-((len(bufs) - 1) // per_part) :]  # one output per weight, last
     parts = tuple(int(o.shape[1].value) for o in outs)  # type: ignore[union-attr]

@@ -63,7 +63,7 @@ def supported_here() -> bool:
 
 
 @functools.cache
-def _libc() -> ctypes.CDLL:
+def process_libc() -> ctypes.CDLL:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype = ctypes.c_void_p
     libc.mmap.argtypes = [
@@ -82,7 +82,7 @@ def _libc() -> ctypes.CDLL:
 @functools.cache
 def _libraries() -> tuple[ctypes.CDLL, ...]:
     """Where external symbols come from: the process (libc, and libm when Python links it)."""
-    libs = [_libc()]
+    libs = [process_libc()]
     name = ctypes.util.find_library("m")
     if name:
         libs.append(ctypes.CDLL(name))
@@ -158,7 +158,7 @@ class LoadedObject:
         undefined = {symbols[i].name for i in self._got if symbols[i].shndx == SHN_UNDEF} | set(self._stubs)
         self._externals = {name: external_address(name) for name in undefined}
 
-        libc, size = _libc(), self.layout.size
+        libc, size = process_libc(), self.layout.size
         base = libc.mmap(
             None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0
         )
@@ -251,7 +251,7 @@ class LoadedObject:
 
     def close(self) -> None:
         if self.base:
-            _libc().munmap(self.base, self.size)
+            process_libc().munmap(self.base, self.size)
             self.base = 0
 
 

@@ -101,9 +101,9 @@ RUN = ctypes.CFUNCTYPE(
 
 def _executable_copy(code: bytes) -> int:
     """The address of `code` copied into a fresh page that is then made read-only and executable."""
-    from llm_deploy.targets.llvm.elf import _libc
+    from llm_deploy.targets.llvm import elf
 
-    libc = _libc()
+    libc = elf.process_libc()
     size = -(-len(code) // mmap.PAGESIZE) * mmap.PAGESIZE
     address = libc.mmap(
         None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0
