@@ -11,13 +11,7 @@ import numpy as np
 import pytest
 
 from llm_deploy.quantization import QUANTIZATIONS, QuantizationError, pack, unpack
-from llm_deploy.quantization.gptq import (
-    SHRINK,
-    dequantize,
-    gptq,
-    inverse_cholesky_upper,
-    refit_scales,
-)
+from llm_deploy.quantization.gptq import SHRINK, dequantize, gptq, inverse_cholesky_upper, refit_scales
 from llm_deploy.quantization.pack import pack_codes
 
 Q4 = ("q4f16_1", "q4f32_1")
