@@ -200,9 +200,10 @@ def retarget(w: np.ndarray, x: np.ndarray, x_float: np.ndarray, damp: float) -> 
         V = argmin ||x V^T - x_float W^T||^2 + lam ||V - W||^2 = W + W (x_float - x)^T x (H + lam I)^-1
 
     with H = x^T x and lam = damp * mean(diag(H)). Quantizing V by its output error on x (GPTQ's
-    objective) then also undoes the drift earlier layers left in x. The pull towards W is strong
-    (calibrated.TARGET_DAMP, 3, against GPTQ's 0.3): a few thousand tokens fit the correction only
-    roughly, and the later layers go on correcting what is left."""
+    objective) then also undoes the drift earlier layers left in x (GPTAQ's "asymmetric
+    calibration", arXiv 2504.02692). The pull towards W is strong (calibrated.TARGET_DAMP, 3,
+    against GPTQ's 0.3): a few thousand tokens fit the correction only roughly, and the later
+    layers go on correcting what is left (GPTAQ's reference code likewise scales it by 0.25)."""
     h = (x.T @ x).astype(np.float64)
     lam = damp * np.mean(np.diag(h))
     cross = ((x_float - x).T @ x).astype(np.float64)  # (in, in)
