@@ -27,12 +27,8 @@ CALIBRATE = 4096  # tokens; the rest of calibration.txt is the validation text
 
 
 def numpy_perplexity(config, weights: dict[str, np.ndarray], ids: list[int]) -> float:
-    """exp(mean NLL) of `ids` after the first, one sequence, tied LM head."""
-    fwd = Forward(config, weights, len(ids))
-    x = fwd.embed(np.asarray(ids)[None])  # (1, T, hidden)
-    for i in range(config.num_hidden_layers):
-        x = fwd.block(i, x)
-    lp = log_softmax(fwd.final_norm(x)[0, :-1] @ weights["embed_tokens"].T)  # (T - 1, vocab)
+    """exp(mean NLL) of `ids` after the first, one sequence."""
+    lp = log_softmax(Forward(config, weights, len(ids)).logits(ids)[:-1])  # (T - 1, vocab)
     return float(np.exp(-lp[np.arange(len(ids) - 1), ids[1:]].mean()))
 
 

@@ -24,9 +24,16 @@ CALIBRATION_TEXT = Path(__file__).with_name("calibration.txt")
 # (names sharing one input, the group's role) per block, in the order the forward reaches them
 LINEAR_GROUPS = (("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",))
 
-# quantize(names, w: (sum of outs, in), x: (tokens, in)) -> the weights to use from now on, or
-# None to leave the group's own
+# hook(names, w: (sum of outs, in), x: (tokens, in)) -> the weights the forward uses for the group
+LinearHook = Callable[[tuple[str, ...], np.ndarray, np.ndarray], np.ndarray]
+# quantize(names, w: (sum of outs, in), h: X^T X (in, in) float64) -> the weights to use from now
+# on, or None to leave the group's own
 Quantizer = Callable[[tuple[str, ...], np.ndarray, np.ndarray], np.ndarray | None]
+
+
+def head_name(config) -> str:
+    """The LM head's weight: the embedding table when the two are tied."""
+    return "embed_tokens" if config.tie_word_embeddings else "lm_head"
 
 
 def calibration_ids(tokenizer, max_tokens: int = 8192) -> list[int]:
@@ -78,8 +85,8 @@ class Forward:
     def embed(self, ids: np.ndarray) -> np.ndarray:
         return np.asarray(self.weights["embed_tokens"], np.float32)[ids]  # (S, T, hidden)
 
-    def block(self, i: int, x: np.ndarray, quantize: Quantizer | None = None) -> np.ndarray:
-        """Block i on x; with `quantize`, each linear group is replaced by what it returns first."""
+    def block(self, i: int, x: np.ndarray, hook: LinearHook | None = None) -> np.ndarray:
+        """Block i on x; with `hook`, each linear group is replaced by what it returns first."""
         c, p = self.config, f"layers.{i}."
         s, t, _ = x.shape
         w = {
@@ -89,8 +96,8 @@ class Forward:
         def linear(group: tuple[str, ...], inp: np.ndarray) -> list[np.ndarray]:
             mats = [w[name] for name in group]
             stacked = np.concatenate(mats, axis=0) if len(mats) > 1 else mats[0]  # (sum outs, in)
-            if quantize is not None:
-                stacked = quantize(tuple(p + n for n in group), stacked, inp.reshape(-1, inp.shape[-1]))
+            if hook is not None:
+                stacked = hook(tuple(p + n for n in group), stacked, inp.reshape(-1, inp.shape[-1]))
             out = inp @ stacked.T  # (S, T, sum outs)
             return np.split(out, np.cumsum([m.shape[0] for m in mats])[:-1], axis=-1)
 
@@ -117,6 +124,13 @@ class Forward:
     def final_norm(self, x: np.ndarray) -> np.ndarray:
         return rms_norm(x, self.weights["norm"], self.config.rms_norm_eps)
 
+    def logits(self, ids) -> np.ndarray:
+        """(T, vocab) logits of one sequence of T <= seq_len tokens, through every block."""
+        x = self.embed(np.asarray(ids)[None])
+        for i in range(self.config.num_hidden_layers):
+            x = self.block(i, x)
+        return self.final_norm(x)[0] @ np.asarray(self.weights[head_name(self.config)], np.float32).T
+
 
 def calibrate(
     config,
@@ -129,7 +143,7 @@ def calibrate(
     target_damp: float | None = None,
 ) -> None:
     """Run the calibration forward over `ids` (cut into sequences of `seq_len`), calling
-    `quantize(names, w, x)` on every linear group of every block in order, and on the LM head
+    `quantize(names, w, h)` on every linear group of every block in order, and on the LM head
     (`lm_head`, or `embed_tokens` when tied) when `head`; what it returns (unless None) replaces
     the group's weights in `weights` and in the forward from then on.
 
@@ -146,9 +160,11 @@ def calibrate(
     fwd = Forward(config, weights, seq_len)
 
     def keep(
-        names: tuple[str, ...], w: np.ndarray, x: np.ndarray, target: np.ndarray | None = None
+        names: tuple[str, ...], w: np.ndarray, x: np.ndarray, x_float: np.ndarray | None = None
     ) -> np.ndarray:
-        wq = quantize(names, w if target is None else target, x)
+        h = (x.T @ x).astype(np.float64)
+        target = w if x_float is None else retarget(w, x, x_float, target_damp, h)
+        wq = quantize(names, target, h)
         if wq is None:
             return w
         rows = [weights[n].shape[0] for n in names]
@@ -156,11 +172,11 @@ def calibrate(
             weights[n] = part
         return wq
 
-    def toward(float_inputs: dict[tuple[str, ...], np.ndarray]) -> Quantizer:
-        def quantize_retargeted(names: tuple[str, ...], w: np.ndarray, x: np.ndarray) -> np.ndarray:
-            return keep(names, w, x, retarget(w, x, float_inputs[names], target_damp))
+    def toward(float_inputs: dict[tuple[str, ...], np.ndarray]) -> LinearHook:
+        def keep_retargeted(names: tuple[str, ...], w: np.ndarray, x: np.ndarray) -> np.ndarray:
+            return keep(names, w, x, float_inputs[names])
 
-        return quantize_retargeted
+        return keep_retargeted
 
     x = fwd.embed(np.asarray(ids[: s * seq_len]).reshape(s, seq_len))  # (S, T, hidden)
     x_float = x  # the float model's hidden states, when retargeting
@@ -174,7 +190,7 @@ def calibrate(
             x_float = fwd.block(i, x_float, recorder(float_inputs := {}))
             x = fwd.block(i, x, toward(float_inputs))
     if head:
-        name = "embed_tokens" if config.tie_word_embeddings else "lm_head"
+        name = head_name(config)
         w, xh = np.asarray(weights[name], np.float32), fwd.final_norm(x).reshape(-1, config.hidden_size)
         if target_damp is None:
             keep((name,), w, xh)
@@ -182,8 +198,8 @@ def calibrate(
             toward({(name,): fwd.final_norm(x_float).reshape(-1, config.hidden_size)})((name,), w, xh)
 
 
-def recorder(seen: dict[tuple[str, ...], np.ndarray]) -> Quantizer:
-    """A quantizer that changes nothing and records each group's inputs in `seen`."""
+def recorder(seen: dict[tuple[str, ...], np.ndarray]) -> LinearHook:
+    """A hook that changes nothing and records each group's inputs in `seen`."""
 
     def record(names: tuple[str, ...], w: np.ndarray, x: np.ndarray) -> np.ndarray:
         seen[names] = x
@@ -192,19 +208,22 @@ def recorder(seen: dict[tuple[str, ...], np.ndarray]) -> Quantizer:
     return record
 
 
-def retarget(w: np.ndarray, x: np.ndarray, x_float: np.ndarray, damp: float) -> np.ndarray:
+def retarget(
+    w: np.ndarray, x: np.ndarray, x_float: np.ndarray, damp: float, h: np.ndarray | None = None
+) -> np.ndarray:
     """The float weights V (out, in) to quantize in place of `w` when the layer's inputs are x
     (tokens, in), from the blocks already quantized, where the float model's were x_float: V
     gives, on x, the float model's outputs x_float W^T as nearly as it can while staying near W,
 
         V = argmin ||x V^T - x_float W^T||^2 + lam ||V - W||^2 = W + W (x_float - x)^T x (H + lam I)^-1
 
-    with H = x^T x and lam = damp * mean(diag(H)). Quantizing V by its output error on x (GPTQ's
+    with H = x^T x (`h`, when the caller has it) and lam = damp * mean(diag(H)). Quantizing V by its output error on x (GPTQ's
     objective) then also undoes the drift earlier layers left in x (GPTAQ's "asymmetric
     calibration", arXiv 2504.02692). The pull towards W is strong (calibrated.TARGET_DAMP, 3,
     against GPTQ's 0.3): a few thousand tokens fit the correction only roughly, and the later
     layers go on correcting what is left (GPTAQ's reference code likewise scales it by 0.25)."""
-    h = (x.T @ x).astype(np.float64)
+    if h is None:
+        h = (x.T @ x).astype(np.float64)
     lam = damp * np.mean(np.diag(h))
     cross = ((x_float - x).T @ x).astype(np.float64)  # (in, in)
     correction = np.linalg.solve(h + lam * np.eye(len(h)), (w.astype(np.float64) @ cross).T).T  # H symmetric

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_deploy.quantization.calibrate import awq_balance, calibrate, calibration_ids
+from llm_deploy.quantization.calibrate import awq_balance, calibrate, calibration_ids, head_name
 from llm_deploy.quantization.formats import GroupPacking, packing_from_key
 from llm_deploy.quantization.gptq import SHRINK, dequantize, gptq, refit_scales
 from llm_deploy.quantization.pack import pack_codes
@@ -144,10 +144,9 @@ def calibrate_model(
     work = {n: np.asarray(weights[n], np.float32) for n in weights}
     out: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
 
-    def quantize(group: tuple[str, ...], w: np.ndarray, x: np.ndarray) -> np.ndarray | None:
+    def quantize(group: tuple[str, ...], w: np.ndarray, h: np.ndarray) -> np.ndarray | None:
         if not all(n in names for n in group):
             return None
-        h = (x.T @ x).astype(np.float64)
         q, _ = gptq(w, h, fine, damp=damp, shrink=SHRINK, act_order=act_order)
         scales = {d: refit_scales(w, h, q, replace(packing, scale_dtype=d)) for d in SCALE_DTYPES}
         rows = np.cumsum([work[n].shape[0] for n in group])[:-1]
@@ -156,7 +155,7 @@ def calibrate_model(
             out[n] = (qn, {d: parts[d][i] for d in SCALE_DTYPES})
         return dequantize(q, scales["float32"], fine)
 
-    head = "embed_tokens" if config.tie_word_embeddings else "lm_head"
+    head = head_name(config)
     balance = awq_balance(config, work, fine, names)
     calibrate(
         config,

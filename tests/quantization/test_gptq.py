@@ -159,11 +159,7 @@ def tiny():
 def logits(config, weights, ids) -> np.ndarray:
     from llm_deploy.quantization.calibrate import Forward
 
-    f = Forward(config, weights, len(ids))
-    x = f.embed(np.asarray(ids)[None])
-    for i in range(config.num_hidden_layers):
-        x = f.block(i, x)
-    return f.final_norm(x)[0] @ weights["lm_head"].T
+    return Forward(config, weights, len(ids)).logits(ids)
 
 
 def test_the_calibration_forward_is_the_model(tiny, tiny_runner_factory):
@@ -211,7 +207,7 @@ def test_awq_scaling_keeps_the_float_model(tiny):
     (config, _, tokenizer), w = tiny
     work = dict(w)
     balance = awq_balance(config, work, QUANTIZATIONS["q4f16_1"].packing)
-    calibrate(config, work, calibration_ids(tokenizer, 1024), lambda names, wg, x: wg, balance=balance)
+    calibrate(config, work, calibration_ids(tokenizer, 1024), lambda names, wg, h: wg, balance=balance)
     for kind in ("input_norm", "v_proj", "o_proj", "up_proj", "post_attention_norm"):
         names = [f"layers.{i}.{kind}" for i in range(config.num_hidden_layers)]
         assert any(not np.allclose(work[n], w[n]) for n in names), f"no {kind} was rescaled"

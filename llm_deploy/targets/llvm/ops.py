@@ -263,9 +263,15 @@ class Ops:
         k = self.intrinsic("floor", b.fadd(b.fmul(xc, c(1.44269504088896341), flags=fm), c(0.5), flags=fm))
         r = b.fsub(xc, b.fmul(k, c(0.693359375), flags=fm), flags=fm)
         r = b.fsub(r, b.fmul(k, c(-2.12194440e-4), flags=fm), flags=fm)
-        p = c(1.9875691500e-4)
-        for coeff in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
-            p = b.fadd(b.fmul(p, r, flags=fm), c(coeff), flags=fm)
+        poly = (
+            1.9875691500e-4,
+            1.3981999507e-3,
+            8.3334519073e-3,
+            4.1665795894e-2,
+            1.6666665459e-1,
+            5.0000001201e-1,
+        )
+        p = self._horner_f32(r, poly)
         y = b.fadd(b.fadd(b.fmul(p, b.fmul(r, r, flags=fm), flags=fm), r, flags=fm), c(1.0), flags=fm)
         ki = self.cast(f32, i32, k)
         k1 = b.ashr(ki, const(i32, 1, lanes))
@@ -274,6 +280,17 @@ class Ops:
             bits = b.shl(b.add(half, const(i32, 127, lanes)), const(i32, 23, lanes))
             y = b.fmul(y, b.bitcast(bits, x.type), flags=fm)
         return b.select(b.fcmp_unordered("uno", x, x), x, y)
+
+    def _horner_f32(self, x: ir.Value, coeffs: tuple[float, ...]) -> ir.Value:
+        """c0 x^n + c1 x^(n-1) + ... + cn by Horner's rule in float32 (the polynomials of the
+        inlined exp, sin and cos)."""
+        lanes = lanes_of(x)
+        p = const(dtype("float32"), coeffs[0], lanes)
+        for coeff in coeffs[1:]:
+            p = self.b.fadd(
+                self.b.fmul(p, x, flags=self.fm), const(dtype("float32"), coeff, lanes), flags=self.fm
+            )
+        return p
 
     def sincos_f32(self, name: str, x: ir.Value) -> ir.Value:
         """sin or cos in float32 without libm, so vectors stay vectors (rotary embeddings take one
@@ -299,13 +316,9 @@ class Ops:
         if name == "cos":
             quadrant = b.add(quadrant, const(i64, 1, lanes))
         z = b.fmul(r, r, flags=fm)
-        sin_r = c(-1.9515295891e-4)
-        for coeff in (8.3321608736e-3, -1.6666654611e-1):
-            sin_r = b.fadd(b.fmul(sin_r, z, flags=fm), c(coeff), flags=fm)
+        sin_r = self._horner_f32(z, (-1.9515295891e-4, 8.3321608736e-3, -1.6666654611e-1))
         sin_r = b.fadd(b.fmul(b.fmul(sin_r, z, flags=fm), r, flags=fm), r, flags=fm)
-        cos_r = c(2.443315711809948e-5)
-        for coeff in (-1.388731625493765e-3, 4.166664568298827e-2):
-            cos_r = b.fadd(b.fmul(cos_r, z, flags=fm), c(coeff), flags=fm)
+        cos_r = self._horner_f32(z, (2.443315711809948e-5, -1.388731625493765e-3, 4.166664568298827e-2))
         cos_r = b.fadd(
             b.fmul(b.fmul(cos_r, z, flags=fm), z, flags=fm),
             b.fsub(c(1.0), b.fmul(z, c(0.5), flags=fm), flags=fm),
